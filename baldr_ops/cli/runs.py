@@ -1,0 +1,141 @@
+"""`status`, `stop`, `logs`, `systemd-unit`: the runs `launch` left in its run directory."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("status", help="show launched servers and whether they are ready",
+                              description="Show each launch (one per port): state, phase, guard, restarts, log.")
+    p.add_argument("--port", type=int, help="only this port")
+    p.add_argument("--json", action="store_true", help="print JSON (a list of run states)")
+    p.set_defaults(func=run_status)
+
+    p = subparsers.add_parser("stop", help="stop a launched server cleanly",
+                              description="Send SIGTERM to the supervisor of a launch, which drains the server "
+                                          "(TERM, grace period, KILL) and exits; waits for it.")
+    p.add_argument("--port", type=int, default=8000, help="port of the launch (default 8000)")
+    p.add_argument("--timeout", type=float, default=90, help="seconds to wait for the supervisor to exit (90)")
+    p.set_defaults(func=run_stop)
+
+    p = subparsers.add_parser("logs", help="print a launch's server log",
+                              description="Print the tail of the server log that launch keeps for a port.")
+    p.add_argument("--port", type=int, default=8000, help="port of the launch (default 8000)")
+    p.add_argument("-n", "--lines", type=int, default=50, help="lines to print (50)")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until interrupted")
+    p.set_defaults(func=run_logs)
+
+    p = subparsers.add_parser("systemd-unit", help="print a systemd unit file for launch",
+                              description="Print a Type=notify unit that runs `baldr-ops launch` with the given "
+                                          "arguments (READY=1 after the canary, watchdog, STATUS lines).",
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              epilog="example:\n  baldr-ops systemd-unit --user llm -- --model /models/gemma "
+                                     "--cap 100G > /etc/systemd/system/baldr-max.service")
+    p.add_argument("--user", help="User= of the service")
+    p.add_argument("--description", help="Description= of the unit")
+    p.add_argument("launch_args", nargs=argparse.REMAINDER, help="after --: arguments for baldr-ops launch")
+    p.set_defaults(func=run_unit)
+
+
+def _runs(port):
+    from baldr_ops.launch.runstate import RunDir, all_runs
+
+    runs = [RunDir(port)] if port else all_runs()
+    states = []
+    for rundir in runs:
+        status = rundir.read()
+        if status is None:
+            continue
+        status.alive = rundir.held_by_someone()
+        if not status.alive and status.state not in ("stopped", "failed"):
+            status.state = "failed"
+            status.last_exit = status.last_exit or "supervisor is gone (killed?)"
+        states.append(status)
+    return states
+
+
+def run_status(args) -> int:
+    from pydantic import TypeAdapter
+
+    from baldr_ops.errors import UserError
+    from baldr_ops.launch.runstate import RunStatus
+
+    states = _runs(args.port)
+    if args.json:
+        print(TypeAdapter(list[RunStatus]).dump_json(states, indent=2).decode())
+        return 0
+    if not states:
+        if args.port:
+            raise UserError(f"no launch has run on port {args.port}", exit_code=1)
+        print("no launches")
+        return 0
+    for s in states:
+        up = f"up {time.time() - s.started_at:.0f} s" if s.alive else "not running"
+        print(f"port {s.port}: {s.state} ({up}) {s.url} serves {s.served_name!r}")
+        print(f"  model    {s.model}")
+        print(f"  phase    {s.phase}: {s.phase_detail}")
+        if s.guard:
+            print(f"  guard    {s.guard.mode}: {s.guard.reason}")
+        print(f"  shim     {s.shim or 'not preloaded'}{'; cap ' + s.memory_cap if s.memory_cap else ''}")
+        print(f"  pids     supervisor {s.supervisor_pid}, server {s.server_pid}; restarts {s.restarts}")
+        if s.last_exit:
+            print(f"  last     {s.last_exit}")
+        print(f"  log      {s.log_path}")
+    return 0
+
+
+def run_stop(args) -> int:
+    from baldr_ops.errors import UserError
+    from baldr_ops.launch.runstate import RunDir
+
+    rundir = RunDir(args.port)
+    status = rundir.read()
+    if status is None or not rundir.held_by_someone():
+        raise UserError(f"nothing is running on port {args.port}", exit_code=1,
+                        hint="baldr-ops status lists the launches")
+    os.kill(status.supervisor_pid, signal.SIGTERM)
+    deadline = time.monotonic() + args.timeout
+    while rundir.held_by_someone():
+        if time.monotonic() > deadline:
+            raise UserError(f"supervisor {status.supervisor_pid} still running after {args.timeout:.0f} s",
+                            hint=f"kill -KILL {status.supervisor_pid}", exit_code=1)
+        time.sleep(0.2)
+    print(f"stopped the launch on port {args.port}")
+    return 0
+
+
+def run_logs(args) -> int:
+    from baldr_ops.errors import UserError
+    from baldr_ops.launch.runstate import RunDir
+
+    path = RunDir(args.port).log_file
+    if not path.exists():
+        raise UserError(f"no server log for port {args.port}", exit_code=1, hint="baldr-ops status lists the launches")
+    with open(path, errors="replace") as fh:
+        lines = fh.readlines()
+        sys.stdout.writelines(lines[-args.lines:] if args.lines > 0 else lines)
+        while args.follow:
+            line = fh.readline()
+            if line:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+            else:
+                time.sleep(0.5)
+    return 0
+
+
+def run_unit(args) -> int:
+    from baldr_ops.launch.sdnotify import unit_file
+
+    launch_args = [a for a in args.launch_args if a != "--"]
+    if "--detach" in launch_args:
+        from baldr_ops.errors import UserError
+
+        raise UserError("a systemd unit runs launch in the foreground; drop --detach")
+    sys.stdout.write(unit_file(launch_args, user=args.user, description=args.description))
+    return 0

@@ -1,0 +1,1 @@
+"""Serving engines baldr-ops drives. Only MAX for now."""

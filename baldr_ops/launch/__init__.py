@@ -1,0 +1,1 @@
+"""`launch`: preflight (read + judge), then start, gate, supervise and stop `max serve` (act)."""

@@ -1,0 +1,181 @@
+"""Preflight: read the machine and the request, judge them, and decide the launch plan.
+
+Every failure is a UserError with a one-line reason and a fix, raised before anything heavy
+starts. The memory judgement is doctor's own (`mem.available.vs_plan` over the same footprint
+estimate), so `doctor --model` and `launch` never disagree about whether a model fits.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from baldr_ops.engines.max.command import EngineOptions, ServeBinding, serve_command
+from baldr_ops.errors import UserError
+from baldr_ops.launch import readiness
+from baldr_ops.launch.guard import decide_guard
+from baldr_ops.launch.supervisor import LaunchPlan, Supervision
+
+# MAX on CPU computes in float32 (or GGUF q4/q6); bf16/f16 weights are GPU-only there.
+CPU_UNSUPPORTED_DTYPES = {"BF16", "F16", "F8_E4M3", "F8_E5M2"}
+
+
+class LaunchRequest(BaseModel):
+    """What the user asked for (`baldr-ops launch` options)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: Path | None = None            # None: the embedded demo model
+    served_name: str | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    devices: str | None = None           # None: gpu when one is present, else cpu
+    quantization_encoding: str | None = None
+    max_length: int | None = None
+    max_batch_size: int | None = None
+    cap: str | None = None               # shim limit (BALDR_MEMCAP_LIMIT syntax); None: leave the floor
+    floor: str = "8G"                    # OS headroom the shim and the fit check keep free
+    guard: str = "auto"
+    shim: str = "auto"                   # auto (with a GPU) | on | off
+    force: bool = False
+    telemetry: bool = False              # MAX's usage telemetry to Modular (off unless asked)
+    extra_args: list[str] = Field(default_factory=list)
+    supervision: Supervision = Supervision()
+
+
+class Hardware(BaseModel):
+    gpu: bool
+    name: str | None = None
+    compute_capability: tuple[int, int] | None = None
+    unified: bool | None = None
+    detail: str = ""
+
+
+def detect_hardware() -> Hardware:
+    from baldr_ops.system.nvml import read_gpu_summary
+
+    summary = read_gpu_summary()
+    return Hardware(gpu=summary.present, name=summary.name, compute_capability=summary.compute_capability,
+                    unified=summary.unified, detail=summary.detail)
+
+
+def resolve_model(request: LaunchRequest, progress) -> tuple[Path, str, bool]:
+    """The model directory, the name to serve it under, and whether it is the demo."""
+    if request.model is None:
+        from baldr_ops.models.demo import DEMO_NAME, ensure_demo_model
+
+        return ensure_demo_model(progress), request.served_name or DEMO_NAME, True
+    path = request.model.expanduser()
+    if not path.exists():
+        raise UserError(f"model path {path} does not exist",
+                        hint="give a local model directory (config.json + *.safetensors or a .gguf)")
+    if not path.is_dir():
+        raise UserError(f"model path {path} is not a directory",
+                        hint="give the directory that holds config.json and the weights")
+    if not (path / "config.json").is_file():
+        raise UserError(f"{path} is not a model MAX can load: config.json is missing",
+                        hint="a Hugging Face model directory has config.json beside its weights")
+    return path.resolve(), request.served_name or path.name, False
+
+
+def check_encoding(devices: str, dtypes: set[str], encoding: str | None) -> None:
+    if not devices.startswith("cpu"):
+        return
+    if encoding and encoding not in ("float32", "q4_k", "q4_0", "q6_k"):
+        raise UserError(f"--quantization-encoding {encoding} is not supported on CPU by MAX",
+                        hint="on CPU use float32 (or GGUF q4_k/q4_0/q6_k), or serve on a GPU")
+    bad = sorted(dtypes & CPU_UNSUPPORTED_DTYPES)
+    if bad and encoding is None:
+        raise UserError(f"the model's weights are {', '.join(bad)}, which MAX cannot serve on CPU",
+                        hint="convert the weights to float32, or serve on a GPU (--devices gpu)")
+
+
+def check_memory(footprint, floor: str, force: bool) -> str:
+    """Doctor's plan-fit judgement; CRIT stops the launch unless --force."""
+    from baldr_ops.doctor.checks import check_plan_fit
+    from baldr_ops.system.meminfo import read_meminfo
+
+    check = check_plan_fit(read_meminfo(), footprint, parse_size(floor))
+    if check.status == "CRIT" and not force:
+        raise UserError(f"the model does not fit: {check.value_text()}", hint=check.hint)
+    return f"{check.status}: {check.value_text()}"
+
+
+def parse_size(text: str) -> int:
+    from baldr_ops.shim import parse_size as shim_parse_size
+
+    return shim_parse_size(text)
+
+
+def free_metrics_port(host: str, port: int, wanted: int | None) -> int:
+    if wanted is not None:
+        if not readiness.port_free(host, wanted):
+            raise UserError(f"metrics port {wanted} is already in use", hint="choose another --metrics-port")
+        return wanted
+    for candidate in (port + 1, port + 2, port + 3):
+        if candidate <= 65535 and readiness.port_free(host, candidate):
+            return candidate
+    raise UserError(f"no free metrics port near {port}", hint="set --metrics-port")
+
+
+def plan_launch(request: LaunchRequest, progress=lambda _msg: None) -> tuple[LaunchPlan, list[str]]:
+    """Run every preflight check; return the plan and the notes to show the user."""
+    from baldr_ops.engines.max.quirks import require_max
+
+    notes: list[str] = []
+    quirks = require_max()
+    notes.append(f"MAX {quirks.version}")
+    if not readiness.port_free(request.host, request.port):
+        raise UserError(f"port {request.port} on {request.host} is already in use",
+                        hint="stop what listens there (baldr-ops status) or choose another --port")
+    model_path, served_name, is_demo = resolve_model(request, progress)
+    hardware = detect_hardware()
+    notes.append(f"hardware: {hardware.detail or ('GPU ' + (hardware.name or '?')) if hardware.gpu else 'no GPU'}")
+    devices = request.devices or ("gpu" if hardware.gpu else "cpu")
+
+    from baldr_ops.models.footprint import estimate_footprint
+
+    footprint = estimate_footprint(model_path)
+    check_encoding(devices, set(footprint.dtypes), request.quantization_encoding)
+    notes.append(f"model {served_name}: {footprint.summary()}")
+    notes.append("memory " + check_memory(footprint, request.floor, request.force))
+
+    guard = decide_guard(request.guard, hardware.compute_capability if devices.startswith("gpu") else None,
+                         quirks.has_sample_on_host)
+    notes.append(f"sampling guard: {guard.mode} ({guard.reason})")
+
+    options = EngineOptions(model_path=model_path, served_name=served_name, devices=devices,
+                            quantization_encoding=request.quantization_encoding, max_length=request.max_length,
+                            max_batch_size=request.max_batch_size, extra_args=request.extra_args,
+                            **guard.serve_args)
+    metrics_port = free_metrics_port(request.host, request.port, request.metrics_port)
+    env = {"MAX_SERVE_METRICS_ENDPOINT_PORT": str(metrics_port), "PYTHONUNBUFFERED": "1", **guard.env}
+    if not request.telemetry:
+        # MAX exports usage metrics to Modular by default; keep a private server private. /metrics stays.
+        env["OTEL_SDK_DISABLED"] = "true"
+    if model_path.is_dir():
+        env["HF_HUB_OFFLINE"] = "1"  # a local directory: never wait on a hub
+
+    shim_path = None
+    want_shim = request.shim == "on" or (request.shim == "auto" and hardware.gpu and devices.startswith("gpu"))
+    if want_shim:
+        from baldr_ops import shim
+
+        shim_path = str(shim.library_path(build=True))
+        env.update(shim.child_env(limit=request.cap, floor=request.floor, budget=f"launch-{request.port}",
+                                  base_env=os.environ))
+        notes.append(f"memory cap: {request.cap or 'none (queries corrected, floor ' + request.floor + ')'}"
+                     f" via {shim_path}")
+    elif request.cap:
+        raise UserError("--cap needs the shim, which is only preloaded with a GPU",
+                        hint="drop --cap on CPU, or pass --shim on")
+
+    plan = LaunchPlan(
+        command=serve_command(options, ServeBinding(host=request.host, port=request.port), python=sys.executable),
+        env=env, host=request.host, port=request.port, served_name=served_name, model=str(model_path),
+        guard=guard, shim=shim_path, memory_cap=request.cap, supervision=request.supervision)
+    return plan, notes

@@ -1,0 +1,147 @@
+"""Run directory of one launch (one per port): state file, supervisor lock, server log, post-mortems.
+
+The lock is an flock held by the supervisor for its whole life: the kernel drops it when the
+process dies, however it dies, so a second launch on the same port is refused and `status` can
+tell a live run from a stale state file.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from baldr_ops.errors import UserError
+from baldr_ops.schema import Document
+
+RunState = Literal["preflight", "starting", "loading", "compiling", "warming", "ready", "draining",
+                   "restarting", "stopped", "failed"]
+
+
+def runs_root() -> Path:
+    explicit = os.environ.get("BALDR_RUN_DIR")
+    if explicit:
+        return Path(explicit)
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime):
+        return Path(runtime) / "baldr-ops"
+    return Path(os.path.expanduser("~/.local/state/baldr-ops/runs"))
+
+
+class GuardInfo(BaseModel):
+    mode: str
+    reason: str
+
+
+class RunStatus(Document):
+    """`baldr-ops status --json`: one launch, as its supervisor last wrote it."""
+
+    port: int
+    host: str
+    url: str
+    model: str
+    served_name: str
+    state: RunState = "starting"
+    phase: str = "starting"
+    phase_detail: str = ""
+    compile_elapsed_s: float | None = None
+    supervisor_pid: int | None = None
+    server_pid: int | None = None
+    started_at: float = Field(default_factory=time.time)
+    ready_at: float | None = None
+    restarts: int = 0
+    guard: GuardInfo | None = None
+    shim: str | None = None          # preloaded library, or None
+    memory_cap: str | None = None
+    log_path: str = ""
+    last_exit: str | None = None
+    alive: bool = True               # filled in by readers: is the supervisor still running?
+
+
+class RunDir:
+    def __init__(self, port: int, root: Path | None = None):
+        self.port = port
+        self.path = (root or runs_root()) / f"port-{port}"
+        self._lock_fd: int | None = None
+
+    @property
+    def state_file(self) -> Path:
+        return self.path / "state.json"
+
+    @property
+    def log_file(self) -> Path:
+        return self.path / "server.log"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.path / "supervisor.lock"
+
+    def acquire(self) -> None:
+        """Take the port's lock for this process's lifetime, or say who holds it."""
+        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            holder = self.read()
+            who = f" (supervisor pid {holder.supervisor_pid})" if holder and holder.supervisor_pid else ""
+            raise UserError(f"another baldr-ops launch already runs on port {self.port}{who}",
+                            hint=f"baldr-ops stop --port {self.port}, or choose another --port") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def held_by_someone(self) -> bool:
+        """True when a live supervisor holds the lock (False for us if we hold it ourselves)."""
+        if not self.lock_file.exists():
+            return False
+        fd = os.open(self.lock_file, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+    def write(self, status: RunStatus) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(status.model_dump_json(indent=2))
+        os.replace(tmp, self.state_file)
+
+    def read(self) -> RunStatus | None:
+        try:
+            return RunStatus.model_validate(json.loads(self.state_file.read_text()))
+        except (OSError, ValueError):
+            return None
+
+    def write_postmortem(self, report: dict) -> Path:
+        path = self.path / f"postmortem-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        path.write_text(json.dumps(report, indent=2, default=str))
+        return path
+
+
+def all_runs(root: Path | None = None) -> list[RunDir]:
+    base = root or runs_root()
+    if not base.is_dir():
+        return []
+    runs = []
+    for entry in sorted(base.iterdir()):
+        if entry.name.startswith("port-") and entry.name[5:].isdigit():
+            runs.append(RunDir(int(entry.name[5:]), base))
+    return runs
+
+
+class AskResult(Document):
+    """`baldr-ops launch --ask Q --json`: the question, the served model and its answer."""
+
+    question: str
+    model: str
+    answer: str | None = None
+    error: str | None = None

@@ -1,0 +1,94 @@
+"""A stand-in for `max serve` for fast supervisor tests: MAX's log lines and endpoints, no model.
+
+Behaviour from the environment:
+  FAKE_PORT             port to serve on (required)
+  FAKE_NAME             served model name (default "fake")
+  FAKE_STARTUP_S        seconds of "compiling" before binding the port (default 0.5)
+  FAKE_EXIT_AFTER_S     exit with FAKE_EXIT_CODE this long after becoming ready
+  FAKE_EXIT_CODE        (default 1)
+  FAKE_FAIL_LOG         a line to print before exiting (e.g. a MAX error)
+  FAKE_IGNORE_TERM      "1": ignore SIGTERM (the supervisor must KILL after the grace period)
+  FAKE_MARKER           file whose content counts the starts (one line appended per start)
+It forks one "worker" child in the same session, as MAX does, and prints its pid.
+"""
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def log(msg):
+    print(time.strftime("%H:%M:%S") + f".000 INFO: {msg}", flush=True)
+
+
+def main():
+    port = int(os.environ["FAKE_PORT"])
+    name = os.environ.get("FAKE_NAME", "fake")
+    if os.environ.get("FAKE_MARKER"):
+        with open(os.environ["FAKE_MARKER"], "a") as fh:
+            fh.write(f"{os.getpid()}\n")
+    if os.environ.get("FAKE_IGNORE_TERM") == "1":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    log("Auto-detected pipeline task: text_generation (model architecture: LlamaForCausalLM)")
+    log("Starting worker: MODEL_fake")
+    worker = os.fork()
+    if worker == 0:  # the "model worker": lives until killed
+        if os.environ.get("FAKE_IGNORE_TERM") == "1":
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        while True:
+            time.sleep(1)
+    print(f"WORKER_PID {worker}", flush=True)
+    log("Building, compiling, and initializing model...")
+    time.sleep(float(os.environ.get("FAKE_STARTUP_S", "0.5")))
+    log("Still compiling model (60.0s elapsed)")
+    log("Building, compiling, and initializing sampler...")
+    log("Model worker ready")
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _json(self, code, body):
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            if self.path == "/health":
+                self._json(200, {})
+            elif self.path == "/v1/models":
+                self._json(200, {"object": "list", "data": [{"id": name}]})
+            else:
+                self._json(404, {})
+
+        def do_POST(self):
+            length = int(self.headers.get("content-length", 0))
+            request = json.loads(self.rfile.read(length) or b"{}")
+            if request.get("model") != name:
+                return self._json(400, {"error": {"message": "Value error."}})
+            self._json(200, {"choices": [{"finish_reason": "stop", "index": 0,
+                                          "message": {"role": "assistant", "content": "Paris."}}]})
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    print(f"        Server ready on http://127.0.0.1:{port} (Press CTRL+C to quit)", flush=True)
+    exit_after = os.environ.get("FAKE_EXIT_AFTER_S")
+    start = time.monotonic()
+    while True:
+        time.sleep(0.05)
+        if exit_after and time.monotonic() - start > float(exit_after):
+            if os.environ.get("FAKE_FAIL_LOG"):
+                print(os.environ["FAKE_FAIL_LOG"], flush=True)
+            os.kill(worker, signal.SIGKILL)
+            sys.exit(int(os.environ.get("FAKE_EXIT_CODE", "1")))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""Supervisor behaviour against a fake `max serve` (tests/launch/fake_max.py): fast, no model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from baldr_ops.launch.guard import decide_guard
+from baldr_ops.launch.runstate import RunDir
+from baldr_ops.launch.supervisor import LaunchPlan, Reporter, Supervision, Supervisor
+
+FAKE = str(Path(__file__).with_name("fake_max.py"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie still answers kill(0); treat it as gone
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class Recorder(Reporter):
+    def __init__(self):
+        self.messages, self.states, self.exits, self.lines = [], [], [], []
+
+    def phase(self, status):
+        self.states.append(status.state)
+
+    def line(self, text):
+        self.lines.append(text)
+
+    def exited(self, verdict, postmortem):
+        self.exits.append((verdict, postmortem))
+
+    def message(self, text):
+        self.messages.append(text)
+
+
+def make(tmp_path, port, env=None, **supervision):
+    sup = {"startup_timeout_s": 30, "grace_s": 2, "liveness_interval_s": 0.2, "backoff_initial_s": 0.1,
+           "backoff_max_s": 0.2, **supervision}
+    plan = LaunchPlan(command=[sys.executable, FAKE], env={"FAKE_PORT": str(port), **(env or {})},
+                      host="127.0.0.1", port=port, served_name="fake", model="fake-model",
+                      guard=decide_guard("off", None, True), supervision=Supervision(**sup))
+    rundir = RunDir(port, tmp_path / "runs")
+    rundir.acquire()
+    return Supervisor(plan, rundir, Recorder()), rundir
+
+
+def worker_pid(sup) -> int:
+    for line in sup.reporter.lines:
+        if line.startswith("WORKER_PID"):
+            return int(line.split()[1])
+    raise AssertionError("fake worker pid not seen")
+
+
+def test_ready_then_sigterm_drains_whole_tree(tmp_path):
+    port = free_port()
+    seen = {}
+
+    def after_ready(sup):
+        seen["state"] = json.loads(sup.rundir.state_file.read_text())["state"]
+        seen["server"], seen["worker"] = sup.proc.pid, worker_pid(sup)
+        threading.Timer(0.3, lambda: sup._on_signal(signal.SIGTERM, None)).start()
+        return None
+
+    sup, rundir = make(tmp_path, port)
+    sup.after_ready = after_ready
+    code = sup.run()
+    assert seen["state"] == "ready"
+    assert code == 128 + signal.SIGTERM  # the child's status, as a shell reports it
+    assert not pid_alive(seen["server"]) and not pid_alive(seen["worker"])
+    final = rundir.read()
+    assert final.state == "stopped"
+    assert "compiling" in sup.reporter.states and "ready" in sup.reporter.states
+
+
+def test_stubborn_server_is_killed_after_grace(tmp_path):
+    port = free_port()
+    sup, _ = make(tmp_path, port, env={"FAKE_IGNORE_TERM": "1"}, grace_s=1)
+    pids = {}
+
+    def after_ready(s):
+        pids["server"], pids["worker"] = s.proc.pid, worker_pid(s)
+        return 0
+
+    sup.after_ready = after_ready
+    started = time.monotonic()
+    assert sup.run() == 0
+    assert time.monotonic() - started >= 1  # it waited the grace period before SIGKILL
+    assert not pid_alive(pids["server"]) and not pid_alive(pids["worker"])
+    assert any("SIGKILL" in m for m in sup.reporter.messages)
+
+
+def test_crash_is_restarted_with_backoff_then_given_up(tmp_path):
+    port = free_port()
+    marker = tmp_path / "starts"
+    sup, rundir = make(tmp_path, port, env={"FAKE_EXIT_AFTER_S": "0.3", "FAKE_EXIT_CODE": "7",
+                                           "FAKE_MARKER": str(marker)}, max_restarts=2)
+    code = sup.run()
+    assert code == 7
+    assert len(marker.read_text().split()) == 3  # first start + 2 restarts
+    assert [v.kind for v, _ in sup.reporter.exits] == ["crash"] * 3
+    assert all(pm and Path(pm).is_file() for _, pm in sup.reporter.exits)
+    postmortem = json.loads(Path(sup.reporter.exits[0][1]).read_text())
+    assert postmortem["verdict"]["kind"] == "crash" and postmortem["returncode"] == 7
+    assert rundir.read().state == "failed" and rundir.read().restarts == 2
+    assert any("giving up" in m for m in sup.reporter.messages)
+
+
+def test_config_error_is_not_restarted(tmp_path):
+    port = free_port()
+    marker = tmp_path / "starts"
+    sup, _ = make(tmp_path, port, env={
+        "FAKE_EXIT_AFTER_S": "0.2", "FAKE_MARKER": str(marker),
+        "FAKE_FAIL_LOG": "ValueError: Cannot cast from 'float32' to 'bfloat16' on device cpu"})
+    assert sup.run() == 1
+    assert len(marker.read_text().split()) == 1
+    assert sup.reporter.exits[0][0].kind == "config-error"
+
+
+def test_memory_death_restarts_only_when_memory_recovered(tmp_path):
+    port = free_port()
+    marker = tmp_path / "starts"
+    sup, _ = make(tmp_path, port, env={"FAKE_EXIT_AFTER_S": "0.2", "FAKE_MARKER": str(marker),
+                                       "FAKE_FAIL_LOG": "RuntimeError: Model size exceeds available memory"})
+    sup.memory_recheck = lambda: "the model does not fit: needs 60 GiB, 20 GiB available"
+    assert sup.run() == 1
+    assert len(marker.read_text().split()) == 1  # no restart into the same OOM
+    assert sup.reporter.exits[0][0].kind == "plan-oom"
+    assert any("not restarting into an out-of-memory condition" in m for m in sup.reporter.messages)
+
+
+def test_second_launch_on_same_port_is_refused(tmp_path):
+    from baldr_ops.errors import UserError
+
+    first = RunDir(4321, tmp_path)
+    first.acquire()
+    with pytest.raises(UserError, match="already runs on port 4321"):
+        RunDir(4321, tmp_path).acquire()
+
+
+def test_lock_is_released_when_the_holder_dies(tmp_path):
+    import subprocess
+
+    code = (f"import sys,time; sys.path.insert(0, {str(Path(__file__).parents[2])!r}); from baldr_ops.launch.runstate import RunDir; "
+            f"from pathlib import Path; RunDir(4322, Path({str(tmp_path)!r})).acquire(); print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    assert RunDir(4322, tmp_path).held_by_someone()
+    holder.kill()
+    holder.wait()
+    assert not RunDir(4322, tmp_path).held_by_someone()
+    RunDir(4322, tmp_path).acquire()  # a new launch can take the port
