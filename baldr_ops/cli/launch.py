@@ -51,6 +51,8 @@ def register(subparsers) -> None:
                    help="sampling guard for the SM 12.x top-k bug, modular#6488 (default auto: only on SM 12.x)")
     p.add_argument("--shim", default="auto", choices=("auto", "on", "off"),
                    help="preload the memory-cap shim (default auto: with a GPU)")
+    p.add_argument("--precompiled", metavar="DIR", help="start from a `baldr-ops compile --export` bundle; used "
+                   "only if its manifest matches this machine and request (else it says why and compiles)")
     p.add_argument("--force", action="store_true", help="launch even when preflight says the model does not fit")
     p.add_argument("--startup-timeout", type=float, default=1800, metavar="S", help="seconds to become ready (1800)")
     p.add_argument("--grace", type=float, default=30, metavar="S", help="seconds between SIGTERM and SIGKILL (30)")
@@ -77,7 +79,8 @@ def _request(args):
         port=args.port, metrics_port=args.metrics_port, devices=args.devices,
         quantization_encoding=args.quantization_encoding, max_length=args.max_length,
         max_batch_size=args.max_batch_size, cap=args.cap, floor=args.floor, guard=args.guard, shim=args.shim,
-        force=args.force, telemetry=args.telemetry, extra_args=extra,
+        force=args.force, telemetry=args.telemetry,
+        precompiled=Path(args.precompiled) if args.precompiled else None, extra_args=extra,
         supervision=Supervision(startup_timeout_s=args.startup_timeout, grace_s=args.grace,
                                 max_restarts=args.max_restarts, canary=not args.no_canary))
 

@@ -42,6 +42,7 @@ class LaunchRequest(BaseModel):
     guard: str = "auto"
     shim: str = "auto"                   # auto (with a GPU) | on | off
     force: bool = False
+    precompiled: Path | None = None      # a `baldr-ops compile --export` bundle to start from
     telemetry: bool = False              # MAX's usage telemetry to Modular (off unless asked)
     extra_args: list[str] = Field(default_factory=list)
     supervision: Supervision = Supervision()
@@ -152,8 +153,17 @@ def plan_launch(request: LaunchRequest, progress=lambda _msg: None) -> tuple[Lau
                             quantization_encoding=request.quantization_encoding, max_length=request.max_length,
                             max_batch_size=request.max_batch_size, extra_args=request.extra_args,
                             **guard.serve_args)
+    if request.precompiled:
+        from baldr_ops.compile.bundle import plan_with_bundle
+
+        use = plan_with_bundle(request.precompiled, options, quirks)
+        options.extra_args += use.serve_args
+        notes.append(use.note)
+        bundle_env = use.env
+    else:
+        bundle_env = {}
     metrics_port = free_metrics_port(request.host, request.port, request.metrics_port)
-    env = {"MAX_SERVE_METRICS_ENDPOINT_PORT": str(metrics_port), "PYTHONUNBUFFERED": "1", **guard.env}
+    env = {"MAX_SERVE_METRICS_ENDPOINT_PORT": str(metrics_port), "PYTHONUNBUFFERED": "1", **guard.env, **bundle_env}
     if not request.telemetry:
         # MAX exports usage metrics to Modular by default; keep a private server private. /metrics stays.
         env["OTEL_SDK_DISABLED"] = "true"
@@ -176,6 +186,7 @@ def plan_launch(request: LaunchRequest, progress=lambda _msg: None) -> tuple[Lau
 
     plan = LaunchPlan(
         command=serve_command(options, ServeBinding(host=request.host, port=request.port), python=sys.executable),
+        options=options,
         env=env, host=request.host, port=request.port, served_name=served_name, model=str(model_path),
         guard=guard, shim=shim_path, memory_cap=request.cap, supervision=request.supervision)
     return plan, notes

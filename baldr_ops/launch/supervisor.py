@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from baldr_ops.engines.max.command import EngineOptions
 from baldr_ops.engines.max.logphases import PhaseState
 from baldr_ops.launch import readiness
 from baldr_ops.launch.exits import MEMORY_CLASSES, ExitEvidence, ExitVerdict, classify_exit
@@ -51,6 +52,7 @@ class LaunchPlan(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     command: list[str]
+    options: EngineOptions           # what MAX is asked to compile and serve (compile reuses it)
     env: dict[str, str]
     host: str
     port: int

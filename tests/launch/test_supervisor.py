@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from baldr_ops.engines.max.command import EngineOptions
 from baldr_ops.launch.guard import decide_guard
 from baldr_ops.launch.runstate import RunDir
 from baldr_ops.launch.supervisor import LaunchPlan, Reporter, Supervision, Supervisor
@@ -59,7 +60,8 @@ class Recorder(Reporter):
 def make(tmp_path, port, env=None, **supervision):
     sup = {"startup_timeout_s": 30, "grace_s": 2, "liveness_interval_s": 0.2, "backoff_initial_s": 0.1,
            "backoff_max_s": 0.2, **supervision}
-    plan = LaunchPlan(command=[sys.executable, FAKE], env={"FAKE_PORT": str(port), **(env or {})},
+    plan = LaunchPlan(command=[sys.executable, FAKE], options=EngineOptions(model_path=Path("/fake"), served_name="fake"),
+                      env={"FAKE_PORT": str(port), **(env or {})},
                       host="127.0.0.1", port=port, served_name="fake", model="fake-model",
                       guard=decide_guard("off", None, True), supervision=Supervision(**sup))
     rundir = RunDir(port, tmp_path / "runs")

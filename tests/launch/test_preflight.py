@@ -1,0 +1,108 @@
+"""Bad input to launch: one clear line and a hint, a non-zero exit, nothing left running."""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+
+import pytest
+
+from baldr_ops.cli import main
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    assert "Traceback" not in out.err
+    return code, out
+
+
+def children():
+    import psutil
+
+    return psutil.Process().children(recursive=True)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("BALDR_RUN_DIR", str(tmp_path / "runs"))
+
+
+def write_tiny_model(path, dtype="F32"):
+    """A config.json and a one-tensor safetensors file in the real on-disk format."""
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 8, "num_hidden_layers": 1,
+        "num_attention_heads": 1, "num_key_value_heads": 1, "intermediate_size": 16, "vocab_size": 4,
+        "max_position_embeddings": 16}))
+    size = {"F32": 4, "BF16": 2, "F16": 2}[dtype]
+    header = json.dumps({"model.embed_tokens.weight": {"dtype": dtype, "shape": [4, 8],
+                                                       "data_offsets": [0, 32 * size]}}).encode()
+    (path / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * (32 * size))
+    return path
+
+
+def test_missing_model(capsys, tmp_path):
+    code, out = run_cli(capsys, "launch", "--model", str(tmp_path / "nope"), "--port", "18761")
+    assert code == 2 and "does not exist" in out.err and "hint:" in out.err
+    assert children() == []
+
+
+def test_directory_that_is_not_a_model(capsys, tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("hello")
+    code, out = run_cli(capsys, "launch", "--model", str(tmp_path / "notes"), "--port", "18762")
+    assert code == 2 and "config.json is missing" in out.err
+
+
+def test_port_in_use(capsys, tmp_path):
+    model = write_tiny_model(tmp_path / "m")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, out = run_cli(capsys, "launch", "--model", str(model), "--port", str(port))
+    assert code == 2 and f"port {port}" in out.err and "already in use" in out.err
+    assert children() == []
+
+
+def test_max_not_installed(capsys, tmp_path, monkeypatch):
+    from baldr_ops.engines.max import quirks
+
+    monkeypatch.setattr(quirks, "installed_version", lambda: None)
+    code, out = run_cli(capsys, "launch", "--model", str(write_tiny_model(tmp_path / "m")), "--port", "18763")
+    assert code == 2 and "MAX is not installed" in out.err and "baldr-ops[max]" in out.err
+
+
+@pytest.mark.parametrize("dtype", ["BF16", "F16"])
+def test_half_precision_weights_on_cpu(capsys, tmp_path, dtype):
+    model = write_tiny_model(tmp_path / "m", dtype=dtype)
+    code, out = run_cli(capsys, "launch", "--model", str(model), "--port", "18764", "--devices", "cpu")
+    assert code == 2 and dtype in out.err and "CPU" in out.err
+    assert children() == []
+
+
+def test_unsupported_encoding_flag_on_cpu(capsys, tmp_path):
+    model = write_tiny_model(tmp_path / "m")
+    code, out = run_cli(capsys, "launch", "--model", str(model), "--port", "18765", "--devices", "cpu",
+                        "--quantization-encoding", "bfloat16")
+    assert code == 2 and "bfloat16" in out.err and "not supported on CPU" in out.err
+
+
+def test_cap_without_gpu_is_refused(capsys, tmp_path):
+    model = write_tiny_model(tmp_path / "m")
+    code, out = run_cli(capsys, "launch", "--model", str(model), "--port", "18766", "--devices", "cpu",
+                        "--cap", "10G")
+    assert code == 2 and "--cap needs the shim" in out.err
+
+
+def test_systemd_unit_refuses_detach(capsys):
+    code, out = run_cli(capsys, "systemd-unit", "--", "--detach")
+    assert code == 2 and "foreground" in out.err
+
+
+def test_status_and_stop_without_runs(capsys):
+    assert run_cli(capsys, "status")[1].out.strip() == "no launches"
+    code, out = run_cli(capsys, "stop", "--port", "18767")
+    assert code == 1 and "nothing is running on port 18767" in out.err
