@@ -31,7 +31,7 @@ $(SHIM): $(SHIM_SRC) $(SHIM_HDR)
 
 # The main job on the embedded default: MAX serves SmolLM2-135M on CPU, answers one question, stops.
 demo: setup shim
-	$(VENV)/bin/baldr-ops launch --demo
+	$(VENV)/bin/baldr-ops launch --ask "What is the capital of France?"
 
 test: setup shim
 	$(PYTEST) $(PYTEST_ARGS)
