@@ -123,14 +123,17 @@ def free_metrics_port(host: str, port: int, wanted: int | None) -> int:
     raise UserError(f"no free metrics port near {port}", hint="set --metrics-port")
 
 
-def plan_launch(request: LaunchRequest, progress=lambda _msg: None) -> tuple[LaunchPlan, list[str]]:
-    """Run every preflight check; return the plan and the notes to show the user."""
+def plan_launch(request: LaunchRequest, progress=lambda _msg: None,
+                check_ports: bool = True) -> tuple[LaunchPlan, list[str]]:
+    """Run every preflight check; return the plan and the notes to show the user.
+
+    `check_ports=False` plans for `baldr-ops compile`, which binds nothing: no port checks."""
     from baldr_ops.engines.max.quirks import require_max
 
     notes: list[str] = []
     quirks = require_max()
     notes.append(f"MAX {quirks.version}")
-    if not readiness.port_free(request.host, request.port):
+    if check_ports and not readiness.port_free(request.host, request.port):
         raise UserError(f"port {request.port} on {request.host} is already in use",
                         hint="stop what listens there (baldr-ops status) or choose another --port")
     model_path, served_name, is_demo = resolve_model(request, progress)
@@ -162,7 +165,8 @@ def plan_launch(request: LaunchRequest, progress=lambda _msg: None) -> tuple[Lau
         bundle_env = use.env
     else:
         bundle_env = {}
-    metrics_port = free_metrics_port(request.host, request.port, request.metrics_port)
+    metrics_port = (free_metrics_port(request.host, request.port, request.metrics_port) if check_ports
+                    else request.metrics_port or request.port + 1)
     env = {"MAX_SERVE_METRICS_ENDPOINT_PORT": str(metrics_port), "PYTHONUNBUFFERED": "1", **guard.env, **bundle_env}
     if not request.telemetry:
         # MAX exports usage metrics to Modular by default; keep a private server private. /metrics stays.

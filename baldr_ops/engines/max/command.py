@@ -76,3 +76,9 @@ def serve_command(options: EngineOptions, binding: ServeBinding, python: str | N
     return [python or sys.executable, "-m", ENTRY_MODULE, "serve", *engine_args(options),
             "--served-model-name", options.served_name,
             "--host", binding.host, "--port", str(binding.port)]
+
+
+def warm_cache_command(options: EngineOptions, python: str | None = None) -> list[str]:
+    """`max warm-cache` (compile only, used by `baldr-ops compile`) with exactly the engine arguments
+    `serve_command` passes, so the graphs it compiles are the ones launch will ask for."""
+    return [python or sys.executable, "-m", ENTRY_MODULE, "warm-cache", *engine_args(options)]

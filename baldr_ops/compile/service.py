@@ -1,0 +1,151 @@
+"""`baldr-ops compile`: plan like launch, compile ahead of time, export or import a bundle, check warmth."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from baldr_ops.compile.bundle import (
+    MANIFEST_NAME,
+    check_bundle,
+    export_bundle,
+    modular_cache_dir,
+    plan_with_bundle,
+    seed_cache,
+)
+from baldr_ops.compile.warmth import MEF_CACHE_GLOB, cache_entries_for_mefs, cache_warm, record_compiled
+from baldr_ops.errors import UserError
+from baldr_ops.schema import Document
+
+
+class CompileReport(Document):
+    """What `baldr-ops compile` did (`--json`)."""
+
+    action: Literal["compiled", "imported", "checked"]
+    model: str
+    served_name: str
+    max_version: str
+    options: dict
+    cache_dir: str
+    cache_warm_before: bool | None = None
+    cache_warm: bool | None = None
+    seconds: float | None = None              # the whole MAX run (imports, weights, compile)
+    compile_times: dict[str, float] = Field(default_factory=dict)   # MAX's own "Compiling X took" figures
+    bundle: str | None = None                 # exported (--export) or imported (--import) directory
+    bundle_payload: str | None = None
+    bundle_used: bool | None = None
+    bundle_files: int | None = None
+    bundle_bytes: int | None = None
+    mismatches: list[dict] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+    log: str | None = None
+
+
+def _log_path() -> Path:
+    from baldr_ops.models.demo import cache_root
+
+    path = cache_root() / "compile.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _failed(run) -> UserError:
+    last = run.errors[-1] if run.errors else (run.tail[-1] if run.tail else "no output")
+    return UserError(f"MAX's compile failed (exit {run.returncode}): {last}", hint=f"full log: {run.log}")
+
+
+def compile_model(request, export: Path | None = None, import_dir: Path | None = None, check: bool = False,
+                  payload: str = "auto", reporter=None) -> CompileReport:
+    """Plan exactly as `launch` would (ports aside), then compile / export / import / check."""
+    from baldr_ops.compile.runner import run_compile
+    from baldr_ops.engines.max.command import warm_cache_command
+    from baldr_ops.engines.max.quirks import require_max
+    from baldr_ops.launch.preflight import plan_launch
+
+    say = reporter.message if reporter is not None else (lambda _m: None)
+    plan, notes = plan_launch(request.model_copy(update={"precompiled": None}), progress=say, check_ports=False)
+    quirks = require_max()
+    options = plan.options
+    env = dict(plan.env)
+    env.pop("MAX_SERVE_METRICS_ENDPOINT_PORT", None)   # compile serves nothing
+    cache_dir = modular_cache_dir({**os.environ, **env})
+    warm_before = cache_warm(options.model_path, options, cache_dir, quirks.version)
+    report = CompileReport(action="checked", model=str(options.model_path), served_name=plan.served_name,
+                           max_version=quirks.version, options=options.compile_identity(), cache_dir=str(cache_dir),
+                           cache_warm_before=warm_before, cache_warm=warm_before, notes=notes)
+
+    if check:
+        if import_dir is not None:
+            manifest, mismatches = check_bundle(import_dir, options, quirks)
+            report.bundle, report.bundle_payload = str(Path(import_dir).resolve()), manifest.payload
+            report.bundle_used = not mismatches
+            report.mismatches = [m.model_dump() for m in mismatches]
+            report.notes.append("bundle verified (every file hashed); "
+                                + ("matches this machine and request" if not mismatches else
+                                   "does not match: " + "; ".join(m.text() for m in mismatches)))
+        return report
+
+    if import_dir is not None:
+        use = plan_with_bundle(import_dir, options, quirks)
+        report.notes.append(use.note)
+        report.bundle, report.bundle_payload = str(Path(import_dir).resolve()), use.payload
+        report.bundle_used = use.used
+        report.mismatches = [m.model_dump() for m in use.mismatches]
+        if use.used:
+            say("loading the bundle's graphs (no compile expected)")
+            command = warm_cache_command(options.model_copy(update={"extra_args": options.extra_args + use.serve_args}))
+            run = run_compile(command, {**env, **use.env}, reporter, _log_path())
+            if run.returncode != 0:
+                raise _failed(run)
+            report.action, report.seconds, report.compile_times, report.log = \
+                "imported", round(run.seconds, 1), run.compile_times, run.log
+            report.cache_warm = cache_warm(options.model_path, options, cache_dir, quirks.version)
+            return report
+
+    kind = None
+    if export is not None:
+        if payload == "mefs" and not quirks.has_mef_export:
+            raise UserError(f"MAX {quirks.version} cannot export compiled graphs (--export-mefs needs 26.7)",
+                            hint="use --payload cache (or auto)")
+        kind = "mefs" if payload in ("auto", "mefs") and quirks.has_mef_export else "cache"
+    scratch = Path(tempfile.mkdtemp(prefix="baldr-compile-"))
+    try:
+        mefs_dir = scratch / "mefs" if quirks.has_mef_export and kind != "cache" else None
+        compile_cache = None
+        if kind == "cache":
+            # The relevant part of the cache is what a compile into an empty cache writes.
+            compile_cache = scratch / "cache"
+            compile_cache.mkdir()
+            env["MODULAR_CACHE_DIR"] = str(compile_cache)
+            say(f"compiling into an empty cache ({compile_cache}) so the bundle holds only this model")
+        extra = ["--export-mefs", str(mefs_dir)] if mefs_dir else []
+        command = warm_cache_command(options.model_copy(update={"extra_args": options.extra_args + extra}))
+        run = run_compile(command, env, reporter, _log_path())
+        if run.returncode != 0:
+            raise _failed(run)
+        report.action, report.seconds, report.compile_times, report.log = \
+            "compiled", round(run.seconds, 1), run.compile_times, run.log
+        if compile_cache is not None:
+            seed_cache(compile_cache, cache_dir)
+            entries = sorted(p.relative_to(compile_cache).as_posix() for p in compile_cache.glob(MEF_CACHE_GLOB))
+        else:
+            entries = cache_entries_for_mefs(mefs_dir, cache_dir) if mefs_dir else []
+        record_compiled(options, quirks.version, entries, cache_dir)
+        report.cache_warm = cache_warm(options.model_path, options, cache_dir, quirks.version)
+        if export is not None:
+            manifest = export_bundle(export, kind, compile_cache or mefs_dir, options, quirks.version,
+                                     compile_seconds=round(sum(run.compile_times.values()), 1),
+                                     model_name=plan.served_name)
+            report.bundle, report.bundle_payload = str(Path(export).expanduser().resolve()), kind
+            report.bundle_files = len(manifest.files)
+            report.bundle_bytes = sum(f.size for f in manifest.files.values())
+            report.notes.append(f"bundle written: {report.bundle}/{MANIFEST_NAME} + {kind}/ "
+                                f"({report.bundle_files} files, {report.bundle_bytes / 1e6:.1f} MB)")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return report
