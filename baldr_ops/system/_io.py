@@ -86,7 +86,11 @@ def capture(name: str, text: str) -> None:
 def read_captured(root: str | os.PathLike, name: str) -> str | None:
     """A captured answer from a snapshot/fixture root (``<root>/.baldr/<name>``)."""
     data = _read_bytes(join(root, f"{CAPTURE_DIR}/{name}"))
-    return None if data is None else data.decode("utf-8", "replace")
+    if data is None:
+        return None
+    text = data.decode("utf-8", "replace")
+    capture(name, text)   # a snapshot of a snapshot keeps its captured answers
+    return text
 
 
 def listdir(root: str | os.PathLike, rel: str) -> list[str]:

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from baldr_ops.system._record import Record, factory
 
 from baldr_ops.system._io import read_text
 
 
-@dataclass
-class BuddyZone:
+class BuddyZone(Record):
     node: int
     zone: str
-    free_blocks: list[int] = field(default_factory=list)   # index = order
+    free_blocks: list[int] = factory(list)   # index = order
 
 
-@dataclass
-class BuddyInfo:
-    zones: list[BuddyZone] = field(default_factory=list)
+class BuddyInfo(Record):
+    zones: list[BuddyZone] = factory(list)
     available: bool = False
     error: str | None = None
 

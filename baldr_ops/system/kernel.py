@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import time
-from dataclasses import dataclass, field
+from baldr_ops.system._record import Record, factory
 
 from baldr_ops.system._io import capture, is_live, read_captured, read_text
 
@@ -31,8 +30,7 @@ def relevant(message: str) -> bool:
     return any(p in message for p in USERSPACE_KILL_PATTERNS) and ("Killed" in message or "SIG" in message)
 
 
-@dataclass
-class KernelLine:
+class KernelLine(Record):
     ts: float | None      # seconds since boot, when known
     text: str
 
@@ -40,13 +38,12 @@ class KernelLine:
         return f"[{self.ts:12.6f}] {self.text}" if self.ts is not None else self.text
 
 
-@dataclass
-class KernelLog:
+class KernelLog(Record):
     """The memory/GPU-relevant kernel-log lines of the current boot; ``available`` False with ``error``."""
 
     available: bool = False
     source: str = "none"
-    lines: list[KernelLine] = field(default_factory=list)
+    lines: list[KernelLine] = factory(list)
     scanned: int = 0
     error: str | None = None
 
@@ -123,6 +120,8 @@ def _read_kmsg(limit: int = 200_000) -> tuple[list[KernelLine], int]:
 
 
 def _run(cmd: list[str]) -> str | None:
+    import subprocess
+
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=10, errors="replace")
     except (OSError, subprocess.SubprocessError):

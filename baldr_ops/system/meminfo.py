@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from baldr_ops.system._record import Record, factory
 
 from baldr_ops.system._io import read_text
 
@@ -33,11 +33,10 @@ def parse_meminfo(text: str | None) -> dict[str, int]:
     return out
 
 
-@dataclass
-class MemInfo:
+class MemInfo(Record):
     """Parsed /proc/meminfo. ``available`` is False when the file could not be read or parsed."""
 
-    fields: dict[str, int] = field(default_factory=dict)
+    fields: dict[str, int] = factory(dict)
     available: bool = False
     source: str = "proc/meminfo"
     error: str | None = None

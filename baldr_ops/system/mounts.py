@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from baldr_ops.system._record import Record
 
 from baldr_ops.system._io import capture, is_live, read_captured, read_text
 
 
-@dataclass
-class Mount:
+class Mount(Record):
     mount_point: str
     fstype: str
     source: str
     options: str
 
 
-@dataclass
-class TmpfsUsage:
+class TmpfsUsage(Record):
     mount_point: str
     size_bytes: int | None     # the tmpfs limit (size=); None when unknown
     used_bytes: int | None     # None when unknown

@@ -13,21 +13,19 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from baldr_ops.system._record import Record, factory
 
 from baldr_ops.system._io import capture, is_live, read_captured
 
 UMA_NAME_RE = re.compile(r"GB10|Thor|Orin|Tegra|Jetson|Xavier", re.IGNORECASE)
 
 
-@dataclass
-class GpuProcess:
+class GpuProcess(Record):
     pid: int
     used_bytes: int | None      # None: NVML gave no figure (N/A)
 
 
-@dataclass
-class NvmlDevice:
+class NvmlDevice(Record):
     index: int
     name: str | None = None
     uuid: str | None = None
@@ -37,20 +35,18 @@ class NvmlDevice:
     memory_free: int | None = None
     compute_capability: tuple[int, int] | None = None
     processes_status: str = "unknown"  # ok | not_supported | error: ...
-    processes: list[GpuProcess] = field(default_factory=list)
+    processes: list[GpuProcess] = factory(list)
 
 
-@dataclass
-class NvmlInfo:
+class NvmlInfo(Record):
     available: bool = False
     error: str | None = None
     driver_version: str | None = None
     cuda_driver_version: int | None = None
-    devices: list[NvmlDevice] = field(default_factory=list)
+    devices: list[NvmlDevice] = factory(list)
 
 
-@dataclass
-class GpuSummary:
+class GpuSummary(Record):
     """What launch needs for hardware detection. ``unified`` None means "cannot tell"."""
 
     present: bool
@@ -180,7 +176,7 @@ def read_nvml(root: str = "/") -> NvmlInfo:
     if not is_live(root):
         return nvml_from_json(read_captured(root, "nvml.json"))
     info = _query_live()
-    capture("nvml.json", json.dumps(asdict(info), indent=1))
+    capture("nvml.json", json.dumps(info.to_dict(), indent=1))
     return info
 
 

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from baldr_ops.system._record import Record
 
 from baldr_ops.system._io import exists, read_text
 
 
-@dataclass
-class PsiLine:
+class PsiLine(Record):
     avg10: float
     avg60: float
     avg300: float
     total_us: int
 
 
-@dataclass
-class Psi:
+class Psi(Record):
     """``some``/``full`` of one pressure file; ``available`` False (with ``error``) when absent."""
 
     some: PsiLine | None = None

@@ -12,13 +12,10 @@ verdicts are the same.
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import tarfile
-import tempfile
 import time
-from dataclasses import dataclass, field
+from baldr_ops.system._record import Record, factory
 
 from baldr_ops.system import _io
 from baldr_ops.system.buddyinfo import BuddyInfo, read_buddyinfo
@@ -36,19 +33,17 @@ from baldr_ops.system.zram import CompressedSwap, read_compressed_swap
 BUNDLE_MAX_BYTES = 64 * 1024 * 1024
 
 
-@dataclass
-class Rates:
+class Rates(Record):
     """Per-second deltas between the two samples. ``None`` fields: not available."""
 
     interval_s: float
-    vmstat: dict[str, float] = field(default_factory=dict)        # counter -> per second
+    vmstat: dict[str, float] = factory(dict)        # counter -> per second
     psi_some_stall_pct: float | None = None                       # Δtotal / Δt, in percent
     psi_full_stall_pct: float | None = None
-    cgroup_events: dict[str, int] = field(default_factory=dict)   # memory.events deltas
+    cgroup_events: dict[str, int] = factory(dict)   # memory.events deltas
 
 
-@dataclass
-class Snapshot:
+class Snapshot(Record):
     root: str
     time: float
     meminfo: MemInfo
@@ -64,7 +59,7 @@ class Snapshot:
     nvml: NvmlInfo
     platform: PlatformInfo
     rates: Rates | None = None      # None: single sample (interval 0)
-    meta: dict = field(default_factory=dict)
+    meta: dict = factory(dict)
 
 
 def _rates(interval: float, v1: dict | None, v2: dict | None, p1: Psi, p2: Psi,
@@ -136,13 +131,23 @@ def take_snapshot(root: str = "/", interval: float = 1.0, cgroup: str | None = N
         except (TypeError, ValueError):
             elapsed = 0.0
         if elapsed > 0:
-            snap.rates = _rates(elapsed, vmstat, read_vmstat(root2), psi, read_psi(root2),
-                                events1, _events(root2, cg))
+            if recorder is not None:
+                recorder.prefix = _io.SAMPLE2_DIR
+            try:
+                snap.rates = _rates(elapsed, vmstat, read_vmstat(root2), psi, read_psi(root2),
+                                    events1, _events(root2, cg))
+            finally:
+                if recorder is not None:
+                    recorder.prefix = ""
     return snap
 
 
 def write_bundle(path: str, recorder: _io.Recorder, snap: Snapshot, extra: dict[str, str] | None = None) -> str:
     """Write the files ``recorder`` saw while taking ``snap`` as a .tar.gz, atomically."""
+    import io
+    import tarfile
+    import tempfile
+
     meta = {"tool": "baldr-ops", "time": snap.time, "cgroup": snap.cgroup.memory.path if snap.cgroup.memory else None,
             "interval_s": snap.rates.interval_s if snap.rates else 0, "format": 1}
     files = {**recorder.files, **recorder.captured, f"{_io.CAPTURE_DIR}/meta.json": json.dumps(meta, indent=1)}
@@ -173,10 +178,13 @@ def extract_bundle(path: str, into: str) -> str:
 
     Raises ValueError with a reason for anything that is not a baldr-ops bundle.
     """
+    import tarfile
+
     try:
         tar = tarfile.open(path, mode="r:*")
     except (OSError, tarfile.TarError, EOFError) as exc:
-        raise ValueError(f"{path} is not a readable .tar.gz bundle ({exc})") from None
+        why = "not a tar archive" if isinstance(exc, tarfile.ReadError) else str(exc).splitlines()[0]
+        raise ValueError(f"{path} is not a readable .tar.gz bundle ({why})") from None
     total = 0
     with tar:
         try:

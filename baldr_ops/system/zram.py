@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from baldr_ops.system._record import Record, factory
 
 from baldr_ops.system._io import listdir, read_text, to_int
 
@@ -10,15 +10,13 @@ MM_STAT = ("orig_data_size", "compr_data_size", "mem_used_total", "mem_limit", "
            "same_pages", "pages_compacted", "huge_pages", "huge_pages_since")
 
 
-@dataclass
-class ZramDevice:
+class ZramDevice(Record):
     name: str
     disksize: int | None = None
-    mm_stat: dict[str, int] = field(default_factory=dict)
+    mm_stat: dict[str, int] = factory(dict)
 
 
-@dataclass
-class SwapArea:
+class SwapArea(Record):
     filename: str
     kind: str
     size_bytes: int
@@ -26,10 +24,9 @@ class SwapArea:
     priority: int
 
 
-@dataclass
-class CompressedSwap:
-    zram: list[ZramDevice] = field(default_factory=list)
-    zswap: dict[str, str] = field(default_factory=dict)   # enabled, compressor, max_pool_percent, ...
+class CompressedSwap(Record):
+    zram: list[ZramDevice] = factory(list)
+    zswap: dict[str, str] = factory(dict)   # enabled, compressor, max_pool_percent, ...
     swaps: list[SwapArea] | None = None                   # None: /proc/swaps not readable
 
 
