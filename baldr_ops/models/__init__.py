@@ -1,0 +1,1 @@
+"""Model files: footprint estimates from headers, the embedded demo model."""
