@@ -42,7 +42,8 @@ class CompileReport(Document):
     bundle_files: int | None = None
     bundle_bytes: int | None = None
     mismatches: list[dict] = Field(default_factory=list)
-    notes: list[str] = Field(default_factory=list)
+    preflight: list[str] = Field(default_factory=list)   # launch's preflight notes, shown as it goes
+    notes: list[str] = Field(default_factory=list)       # what compile found and did
     log: str | None = None
 
 
@@ -69,6 +70,8 @@ def compile_model(request, export: Path | None = None, import_dir: Path | None =
 
     say = reporter.message if reporter is not None else (lambda _m: None)
     plan, notes = plan_launch(request.model_copy(update={"precompiled": None}), progress=say, check_ports=False)
+    for note in notes:
+        say(f"  {note}")
     quirks = require_max()
     options = plan.options
     env = dict(plan.env)
@@ -77,7 +80,7 @@ def compile_model(request, export: Path | None = None, import_dir: Path | None =
     warm_before = cache_warm(options.model_path, options, cache_dir, quirks.version)
     report = CompileReport(action="checked", model=str(options.model_path), served_name=plan.served_name,
                            max_version=quirks.version, options=options.compile_identity(), cache_dir=str(cache_dir),
-                           cache_warm_before=warm_before, cache_warm=warm_before, notes=notes)
+                           cache_warm_before=warm_before, cache_warm=warm_before, preflight=notes)
 
     if check:
         if import_dir is not None:
@@ -93,6 +96,7 @@ def compile_model(request, export: Path | None = None, import_dir: Path | None =
     if import_dir is not None:
         use = plan_with_bundle(import_dir, options, quirks)
         report.notes.append(use.note)
+        say(f"  {use.note}")
         report.bundle, report.bundle_payload = str(Path(import_dir).resolve()), use.payload
         report.bundle_used = use.used
         report.mismatches = [m.model_dump() for m in use.mismatches]
