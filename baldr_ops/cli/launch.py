@@ -88,10 +88,10 @@ def _request(args):
 class ConsoleReporter:
     """Live progress on stderr: one updating line on a terminal, one line per phase otherwise."""
 
-    def __init__(self, verbose: bool = False, stream=sys.stderr):
+    def __init__(self, verbose: bool = False, stream=None):
         self.verbose = verbose
-        self.stream = stream
-        self.tty = stream.isatty()
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
         self.t0 = time.monotonic()
         self._last_phase = None
 
