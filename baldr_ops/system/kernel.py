@@ -137,7 +137,7 @@ def read_kernel_log(root: str = "/") -> KernelLog:
         source = "captured"
         for raw in text.splitlines()[:1]:
             if raw.startswith("# source="):
-                source = "captured " + raw.split()[1].split("=", 1)[1]
+                source = raw.split()[1].split("=", 1)[1]   # as it was read on the original machine
         lines, scanned = parse_dmesg(text)
         return KernelLog(available=True, source=source, lines=lines, scanned=scanned)
     errors = []

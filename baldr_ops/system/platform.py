@@ -43,7 +43,8 @@ def parse_dgx_release(text: str | None) -> str | None:
         if sep:
             fields[key.strip()] = value.strip().strip('"')
     parts = [fields.get(k) for k in ("DGX_PRETTY_NAME", "DGX_NAME", "DGX_SWBUILD_VERSION", "DGX_OTA_VERSION")]
-    return " ".join(p for p in parts if p) or text.strip().splitlines()[0][:120]
+    first = text.strip().splitlines()
+    return " ".join(p for p in parts if p) or (first[0][:120] if first else None)
 
 
 def _max_version() -> str | None:
