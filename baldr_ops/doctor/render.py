@@ -108,8 +108,14 @@ def render_table(doc: dict, stream) -> None:
         stream.write(render_plain(doc))
         return
     tty = hasattr(stream, "isatty") and stream.isatty()
+    width = None
+    if not tty:
+        try:
+            width = int(os.environ.get("COLUMNS") or 120)
+        except ValueError:
+            width = 120
     console = Console(file=stream, no_color=bool(os.environ.get("NO_COLOR")) or not tty,
-                      width=None if tty else 140, highlight=False, soft_wrap=False)
+                      width=width, highlight=False, soft_wrap=False)
     host = doc["host"]
     table = Table(title=f"baldr-ops doctor — {host.get('hostname') or '?'} (kernel {host.get('kernel') or '?'}, "
                         f"sample {doc['interval_s']:.1f} s)", title_justify="left", expand=False)
