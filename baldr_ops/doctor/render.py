@@ -128,7 +128,7 @@ def render_table(doc: dict, stream) -> None:
         table.add_row(f"[{STYLE[st]}]{GLYPH[st]} {st}[/]", c["id"], _value_text(c), _note(c))
     console.print(table)
     worst_status = doc["summary"]["worst"]
-    console.print(f"[{STYLE[worst_status]}]{summary_line(doc)}[/]")
+    console.print(f"[{STYLE[worst_status]}]{summary_line(doc)}[/]", soft_wrap=True)
 
 
 # ---------------------------------------------------------------- Prometheus textfile
