@@ -66,15 +66,12 @@ def _request(args):
                          guard=args.guard, shim=args.shim, force=args.force, extra_args=extra)
 
 
-def _warm_text(value) -> str:
-    return {True: "warm", False: "cold", None: "unknown (not compiled through baldr-ops compile here)"}[value]
-
-
 def run(args) -> int:
     from pathlib import Path
 
     from baldr_ops.cli.launch import ConsoleReporter
     from baldr_ops.compile.service import compile_model
+    from baldr_ops.compile.warmth import describe_warmth
 
     reporter = ConsoleReporter(verbose=args.verbose)
     reporter.message("preflight")
@@ -95,7 +92,7 @@ def run(args) -> int:
         if report.bundle and report.action != "imported":
             state = {True: "usable here", False: "not usable here", None: "written"}[report.bundle_used]
             print(f"bundle    {report.bundle} ({report.bundle_payload}; {state})")
-        print(f"cache     {_warm_text(report.cache_warm)} in {report.cache_dir}")
+        print(f"cache     {describe_warmth(report.cache_warm)} in {report.cache_dir}")
     if args.check:
         ok = report.bundle_used if args.import_dir else report.cache_warm
         return 0 if ok else 1

@@ -124,3 +124,12 @@ def cache_warm(model_dir: Path, options: EngineOptions | None = None, cache_dir:
             return None
     return any(all((cache_dir / rel).is_file() for rel in r.get("entries", [])) and r.get("entries")
                for r in records)
+
+
+def describe_warmth(value: bool | None) -> str:
+    """The words status, doctor and compile --check all use for a cache_warm() answer."""
+    if value is True:
+        return "warm"
+    if value is False:
+        return "cold (the next start compiles; baldr-ops compile does it ahead of time)"
+    return "unknown (not compiled through baldr-ops compile against this cache)"
