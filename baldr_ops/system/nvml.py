@@ -186,7 +186,9 @@ def memory_model(dev: NvmlDevice, host_total: int | None) -> tuple[bool | None, 
         return True, "NVML memory info NOT_SUPPORTED (no framebuffer: GPU memory is host memory)"
     if dev.memory_status == "ok" and dev.memory_total == 0:
         return True, "NVML reports 0 bytes of framebuffer"
-    if dev.memory_status == "ok" and host_total and dev.memory_total and dev.memory_total >= 0.9 * host_total:
+    if (dev.memory_status == "ok" and host_total and dev.memory_total
+            and 0.9 * host_total <= dev.memory_total <= 1.1 * host_total):
+        # "about equal", not just ">= 90 %": a dGPU may have more memory than a small host
         return True, "NVML memory total is about host MemTotal"
     if dev.name and UMA_NAME_RE.search(dev.name):
         return True, f"integrated/unified GPU by name ({dev.name})"
