@@ -134,7 +134,7 @@ RULES: dict[str, dict] = {
         source="nvidia-ml-py"),
     "gpu.memory_model": dict(
         title="GPU memory model", unit="", warn=None, crit=None,
-        how="NVML memory NOT_SUPPORTED, total 0 or >= 0.9 x MemTotal, or GB10/Thor/Orin name",
+        how="NVML memory NOT_SUPPORTED, total 0 or within 10 % of MemTotal, or GB10/Thor/Orin name",
         warn_text="INFO 'unified: GPU memory = host memory' (never a failure)", crit_text="-",
         hint="on unified memory judge GPU headroom by MemAvailable, not by NVML or cudaMemGetInfo",
         source="NVML header text (quoted in nvtop); DGX Spark known issues; nvitop/nvtop/all-smi/gpud fallbacks"),
