@@ -89,7 +89,11 @@ def run(args) -> int:
         if report.action != "checked":
             times = ", ".join(f"{k} {v:.1f} s" for k, v in report.compile_times.items())
             print(f"{report.action:<9} in {report.seconds:.1f} s (MAX compile: {times or 'n/a'})")
-        if report.bundle and report.action != "imported":
+        if report.action == "imported":
+            how = ("seeded into the cache: launch starts warm" if report.bundle_payload == "cache" else
+                   f"loads here without compiling: baldr-ops launch --precompiled {report.bundle}")
+            print(f"bundle    {report.bundle} ({report.bundle_payload}; {how})")
+        elif report.bundle:
             state = {True: "usable here", False: "not usable here", None: "written"}[report.bundle_used]
             print(f"bundle    {report.bundle} ({report.bundle_payload}; {state})")
         print(f"cache     {describe_warmth(report.cache_warm)} in {report.cache_dir}")

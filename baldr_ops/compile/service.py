@@ -12,6 +12,7 @@ from pydantic import Field
 
 from baldr_ops.compile.bundle import (
     MANIFEST_NAME,
+    PAYLOAD_DIRS,
     check_bundle,
     export_bundle,
     modular_cache_dir,
@@ -108,6 +109,10 @@ def compile_model(request, export: Path | None = None, import_dir: Path | None =
                 raise _failed(run)
             report.action, report.seconds, report.compile_times, report.log = \
                 "imported", round(run.seconds, 1), run.compile_times, run.log
+            if use.payload == "cache":  # the seeded entries are this model's: remember them
+                payload = Path(import_dir).expanduser().resolve() / PAYLOAD_DIRS["cache"]
+                record_compiled(options, quirks.version, sorted(
+                    p.relative_to(payload).as_posix() for p in payload.glob(MEF_CACHE_GLOB)), cache_dir)
             report.cache_warm = cache_warm(options.model_path, options, cache_dir, quirks.version)
             return report
 
