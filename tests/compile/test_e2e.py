@@ -96,6 +96,12 @@ def test_launch_from_empty_cache_with_bundle_skips_the_compile(demo_bundle, env,
     assert took and max(took) < 5.0, took               # a cold compile here is ~120 s + ~26 s
     assert not list(empty.glob(".max_cache/mof/mef/*/*"))   # graphs came from the bundle, not a compile
 
+    imported = cli("compile", "--import", str(bundle), "--json", env=env)
+    assert imported.returncode == 0, imported.stderr[-4000:]
+    report = json.loads(imported.stdout)
+    assert report["action"] == "imported" and report["bundle_used"] is True
+    assert report["compile_times"] and max(report["compile_times"].values()) < 5.0, report
+
 
 @needs_planner
 def test_mismatched_bundle_says_which_field_and_corrupt_one_is_refused(demo_model, env, tmp_path):
