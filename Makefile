@@ -10,7 +10,7 @@ SHIM      := shims/libbaldr_memcap.so
 PYTEST    := $(VPY) -m pytest
 PYTEST_ARGS ?=
 
-.PHONY: setup shim test test-fast bench lint demo clean
+.PHONY: setup shim shim-asan shim-tsan test test-fast bench lint demo clean
 
 # A venv with everything the tests need. torch is pinned to the build that installs from local disk.
 $(VENV)/.stamp: pyproject.toml
@@ -25,9 +25,19 @@ setup: $(VENV)/.stamp
 
 shim: $(SHIM)
 
+# Built under a temporary name and renamed, so a concurrent build never leaves a half-written file.
 $(SHIM): $(SHIM_SRC) $(SHIM_HDR)
 	@mkdir -p shims
-	$(CC) $(CFLAGS) -shared -o $@ $(SHIM_SRC) -ldl
+	$(CC) $(CFLAGS) -shared -o $@.$$$$.tmp $(SHIM_SRC) -ldl && mv -f $@.$$$$.tmp $@
+
+# Sanitizer builds of the shim (preload the matching runtime first); tests/shim builds its own.
+shim-asan: shims/libbaldr_memcap_asan.so
+shim-tsan: shims/libbaldr_memcap_tsan.so
+shims/libbaldr_memcap_asan.so: SAN := -fsanitize=address,undefined -fno-omit-frame-pointer
+shims/libbaldr_memcap_tsan.so: SAN := -fsanitize=thread
+shims/libbaldr_memcap_%.so: $(SHIM_SRC) $(SHIM_HDR)
+	@mkdir -p shims
+	$(CC) $(CFLAGS) $(SAN) -shared -o $@ $(SHIM_SRC) -ldl
 
 # The main job on the embedded default: MAX serves SmolLM2-135M on CPU, answers one question, stops.
 demo: setup shim
