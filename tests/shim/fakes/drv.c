@@ -7,7 +7,7 @@
  * linker, where a preload wins) and without (routes that find the driver at run time). Steps:
  *   init | alloc KIND SIZE | free ID | info | hold | waitfile PATH | fill KIND SIZE |
  *   threads N KIND SIZE ITERS | threadfill N KIND SIZE | forkalloc KIND SIZE | trim |
- *   where NAME | gpacheck SYMBOL VERSION FLAGS | exit CODE
+ *   where NAME | gpacheck SYMBOL VERSION FLAGS | setavail PATH BYTES | freebogus | live | exit CODE
  * KIND: dev pitch managed host hostalloc register async pool vmm. SIZE takes K/M/G suffixes. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -265,7 +265,7 @@ static void info(void)
     int rn = cu.NvmlMem(dev, m);
     int rn2 = cu.NvmlMem2(dev, &m2);
     printf("info rc=%d free=%zu total=%zu rc1=%d free1=%u total1=%u rcd=%d dtotal=%zu rcd1=%d dtotal1=%u "
-           "nvml=%d free=%llu total=%llu used=%llu nvml2=%d free=%llu total=%llu used=%llu version=%u\n",
+           "nvml=%d nfree=%llu ntotal=%llu nused=%llu nvml2=%d n2free=%llu n2total=%llu n2used=%llu version=%u\n",
            r, f, t, r1, f1, t1, rd, dt, rd1, dt1, rn, m[1], m[0], m[2], rn2, m2.free, m2.total, m2.used, m2.version);
 }
 
@@ -415,6 +415,23 @@ int main(int argc, char **argv)
             }
             printf("gpacheck %s ver=%d flags=%llu rc=%d status=%d lib=%s sym=%s\n", sym, ver, flags, r, status,
                    p ? lib : "NULL", p ? name : "NULL");
+        } else if (!strcmp(s, "setavail")) {
+            /* Play the kernel: rewrite the meminfo file with a new MemAvailable. */
+            const char *path = argv[++i];
+            u64 avail = parse_size(argv[++i]);
+            FILE *f = fopen(path, "w");
+            fprintf(f, "MemTotal: %llu kB\nMemFree: %llu kB\nMemAvailable: %llu kB\nHugePages_Total: 0\n"
+                       "HugePages_Free: 0\nHugepagesize: 2048 kB\n", (128ull << 30) >> 10, avail >> 11, avail >> 10);
+            fclose(f);
+            usleep(30000); /* past the shim's 10 ms meminfo cache */
+            printf("setavail ok\n");
+        } else if (!strcmp(s, "freebogus")) {
+            printf("freebogus rc=%d\n", cu.MemFree(0x1234000ull));
+        } else if (!strcmp(s, "live")) {
+            void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
+            u64 (*live)(void) = h ? (u64 (*)(void))dlsym(h, "fakecu_live_bytes") : NULL;
+            u64 (*calls)(const char *) = h ? (u64 (*)(const char *))dlsym(h, "fakecu_calls") : NULL;
+            printf("live bytes=%llu trims=%llu\n", live ? live() : 0ull, calls ? calls("trim") : 0ull);
         } else if (!strcmp(s, "exit")) {
             return atoi(argv[++i]);
         } else {

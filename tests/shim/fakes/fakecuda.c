@@ -68,10 +68,26 @@ static u64 memfree_now(void)
 static _Atomic u64 dev_next;
 static _Atomic u64 dev_size[DEV_SLOTS];
 
+/* Claim a free index (a thread stalled while holding one must not see it reused). */
+static u64 claim_index(_Atomic u64 *sizes, u64 n)
+{
+    for (;;) {
+        u64 idx = atomic_fetch_add(&dev_next, 1) % DEV_SLOTS, zero = 0;
+        if (atomic_compare_exchange_strong(&sizes[idx], &zero, n))
+            return idx;
+    }
+}
+
+static _Atomic u64 async_size[DEV_SLOTS];
+
 static u64 dev_alloc(u64 n)
 {
-    u64 idx = atomic_fetch_add(&dev_next, 1) % DEV_SLOTS;
-    atomic_store(&dev_size[idx], n);
+    u64 idx;
+    for (;;) { /* device and pool allocations share the address window */
+        idx = claim_index(dev_size, n);
+        if (!atomic_load(&async_size[idx])) break;
+        atomic_store(&dev_size[idx], 0);
+    }
     atomic_fetch_add(&live_bytes, n);
     return DEV_BASE + (idx << 24);
 }
@@ -223,8 +239,11 @@ API int cuMemCreate(u64 *h, size_t n, const void *prop, u64 flags)
     (void)prop; (void)flags;
     atomic_fetch_add(&counters[C_CREATE], 1);
     if (!h || !n) return 1;
-    u64 id = atomic_fetch_add(&next_handle, 1);
-    atomic_store(&handle_size[id % HANDLES], n);
+    u64 id, zero;
+    do { /* skip slots still held: handles are slot numbers plus a multiple of HANDLES */
+        id = atomic_fetch_add(&next_handle, 1);
+        zero = 0;
+    } while (!atomic_compare_exchange_strong(&handle_size[id % HANDLES], &zero, n));
     atomic_fetch_add(&live_bytes, n);
     *h = id;
     return 0;
@@ -255,7 +274,6 @@ API int cuMemGetAllocationGranularity(size_t *g, const void *prop, int opt) { (v
  * sets it), growing in 2 MiB steps. */
 struct pool { _Atomic u64 reserved, used; };
 static struct pool default_pool;
-static _Atomic u64 async_size[DEV_SLOTS];
 static _Atomic(struct pool *) async_pool[DEV_SLOTS];
 API int cuDeviceGetMemPool(void **pool, int dev) { (void)dev; *pool = &default_pool; return 0; }
 API int cuDeviceGetDefaultMemPool(void **pool, int dev) { return cuDeviceGetMemPool(pool, dev); }
@@ -289,8 +307,12 @@ static int pool_alloc(u64 *dptr, size_t n, struct pool *p)
         u64 grown = (used + (2u << 20) - 1) & ~(u64)((2u << 20) - 1);
         if (atomic_compare_exchange_weak(&p->reserved, &res, grown)) { atomic_fetch_add(&live_bytes, grown - res); break; }
     }
-    u64 idx = atomic_fetch_add(&dev_next, 1) % DEV_SLOTS;
-    atomic_store(&async_size[idx], n);
+    u64 idx;
+    for (;;) { /* an index free in both tables: frees look in the async one first */
+        idx = claim_index(async_size, n);
+        if (!atomic_load(&dev_size[idx])) break;
+        atomic_store(&async_size[idx], 0);
+    }
     atomic_store(&async_pool[idx], p);
     *dptr = DEV_BASE + (idx << 24);
     return 0;
