@@ -40,11 +40,14 @@ def cli(*args, env, timeout=900, check=True):
 
 
 def session_members(sid: int) -> list[int]:
+    """Live processes of a session; zombies waiting for init to reap them do not count."""
     members = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                if os.getsid(int(entry)) == sid:
+                with open(f"/proc/{entry}/stat") as fh:
+                    zombie = fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+                if os.getsid(int(entry)) == sid and not zombie:
                     members.append(int(entry))
             except OSError:
                 pass
