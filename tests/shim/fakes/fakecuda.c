@@ -69,8 +69,16 @@ static _Atomic u64 dev_next;
 static _Atomic u64 dev_size[DEV_SLOTS];
 
 /* Claim a free index (a thread stalled while holding one must not see it reused). */
+static __thread u64 last_freed = ~0ull; /* like a real allocator, hand a freed range out again */
+
 static u64 claim_index(_Atomic u64 *sizes, u64 n)
 {
+    u64 zero = 0;
+    if (last_freed != ~0ull && atomic_compare_exchange_strong(&sizes[last_freed], &zero, n)) {
+        u64 idx = last_freed;
+        last_freed = ~0ull;
+        return idx;
+    }
     for (;;) {
         u64 idx = atomic_fetch_add(&dev_next, 1) % DEV_SLOTS, zero = 0;
         if (atomic_compare_exchange_strong(&sizes[idx], &zero, n))
@@ -99,6 +107,7 @@ static int dev_free(u64 p)
     u64 n = atomic_exchange(&dev_size[(p - DEV_BASE) >> 24], 0);
     if (!n)
         return 1;
+    last_freed = (p - DEV_BASE) >> 24;
     atomic_fetch_sub(&live_bytes, n);
     return 0;
 }
