@@ -105,6 +105,8 @@ class ConsoleReporter:
         self.stream.flush()
 
     def phase(self, status) -> None:
+        if status.state == "ready":
+            return  # ready() says it, with the URL
         detail = status.phase_detail
         if status.compile_elapsed_s is not None and status.state == "compiling":
             detail = f"compiling ({status.compile_elapsed_s:.0f} s in MAX's compiler)"

@@ -43,6 +43,9 @@ def register(subparsers) -> None:
 
 
 def _runs(port):
+    from pathlib import Path
+
+    from baldr_ops.compile.warmth import cache_warm, describe_warmth
     from baldr_ops.launch.runstate import RunDir, all_runs
 
     runs = [RunDir(port)] if port else all_runs()
@@ -52,6 +55,7 @@ def _runs(port):
         if status is None:
             continue
         status.alive = rundir.held_by_someone()
+        status.compile_cache = describe_warmth(cache_warm(Path(status.model)))
         if not status.alive and status.state not in ("stopped", "failed"):
             status.state = "failed"
             status.last_exit = status.last_exit or "supervisor is gone (killed?)"
@@ -85,6 +89,7 @@ def run_status(args) -> int:
         print(f"  pids     supervisor {s.supervisor_pid}, server {s.server_pid}; restarts {s.restarts}")
         if s.last_exit:
             print(f"  last     {s.last_exit}")
+        print(f"  cache    {s.compile_cache}")
         print(f"  log      {s.log_path}")
     return 0
 

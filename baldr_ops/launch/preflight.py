@@ -103,7 +103,7 @@ def check_memory(footprint, floor: str, force: bool) -> str:
     check = check_plan_fit(read_meminfo(), footprint, parse_size(floor))
     if check.status == "CRIT" and not force:
         raise UserError(f"the model does not fit in memory (headroom {check.value_text()})", hint=check.hint)
-    return f"{check.status}: {check.value_text()}"
+    return f"{check.status}: {check.value_text()} headroom after the model and a {floor} floor"
 
 
 def parse_size(text: str) -> int:

@@ -61,6 +61,7 @@ class RunStatus(Document):
     log_path: str = ""
     last_exit: str | None = None
     alive: bool = True               # filled in by readers: is the supervisor still running?
+    compile_cache: str | None = None  # filled in by readers: is MAX's compile cache warm for the model?
 
 
 class RunDir:

@@ -184,7 +184,7 @@ class Supervisor:
         """TERM the whole tree, wait the grace period, KILL what is left, reap."""
         if not self.proc:
             return None
-        self._set(state="draining")
+        self._set(state="draining", phase_detail=f"SIGTERM to the server, {self.plan.supervision.grace_s:.0f} s grace")
         self.notifier.send("STOPPING=1")
         self._signal_tree(signal.SIGTERM)
         deadline = time.monotonic() + self.plan.supervision.grace_s
@@ -272,7 +272,8 @@ class Supervisor:
                     if code is not None:
                         self.stop_signal = self.stop_signal or signal.SIGTERM
                         self.drain()
-                        self._set(state="stopped", last_exit="stopped after the requested work")
+                        self._set(state="stopped", last_exit="stopped after the requested work",
+                                  phase_detail="stopped after the requested work")
                         return code
                 outcome = self._watch_alive()
             elif self.stop_signal:
@@ -282,7 +283,8 @@ class Supervisor:
 
             if outcome == "stop" or self.stop_signal:
                 code = self.drain()
-                self._set(state="stopped", last_exit=f"stopped by {signal.Signals(self.stop_signal).name}")
+                why = f"stopped by {signal.Signals(self.stop_signal).name}"
+                self._set(state="stopped", last_exit=why, phase_detail=why)
                 return _exit_code(code)
             if outcome in ("restart", "unhealthy", "startup-timeout"):
                 self.reporter.message(f"restarting the server ({outcome})")

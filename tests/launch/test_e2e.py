@@ -78,6 +78,7 @@ def test_detached_serving_guard_restart_and_stop(demo_model, run_env):
     try:
         st = status(port, run_env)
         assert st["state"] == "ready" and st["alive"] and st["guard"]["mode"] == "greedy"
+        assert st["compile_cache"].split()[0] in ("warm", "cold", "unknown")
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
         name = st["served_name"]
 
