@@ -21,6 +21,7 @@ examples:
   baldr-ops launch --precompiled /srv/bundles/smollm2    # elsewhere: start without compiling
   baldr-ops compile --check                          # is the cache warm for the demo model?
   baldr-ops compile --check --import DIR             # is this bundle intact and usable here?
+  baldr-ops compile --target cuda:sm_121 --max-batch-size 4 --export DIR   # a GB10 bundle, built on a CPU box
 """
 
 
@@ -45,6 +46,9 @@ def register(subparsers) -> None:
     p.add_argument("--payload", default="auto", choices=("auto", "mefs", "cache"),
                    help="what a bundle carries: MAX's exported graphs (mefs, MAX >= 26.7) or the compile "
                         "cache (default auto: mefs where MAX can)")
+    p.add_argument("--target", metavar="cuda:sm_XY",
+                   help="cross-compile for a GPU this machine lacks (MAX virtual devices), e.g. cuda:sm_121 for "
+                        "GB10; needs --export and --max-batch-size; experimental: not yet tried on the real GPU")
     p.add_argument("--check", action="store_true",
                    help="compile nothing: say whether the cache is warm (and, with --import, whether the bundle "
                         "is intact and matches); exit 0 if warm/usable, 1 if not")
@@ -77,7 +81,7 @@ def run(args) -> int:
     reporter.message("preflight")
     report = compile_model(_request(args), export=Path(args.export) if args.export else None,
                            import_dir=Path(args.import_dir) if args.import_dir else None, check=args.check,
-                           payload=args.payload, reporter=reporter)
+                           payload=args.payload, reporter=reporter, target=args.target)
     if args.json:
         print(report.to_json())
     else:

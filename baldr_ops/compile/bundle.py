@@ -51,13 +51,17 @@ class FileEntry(BaseModel):
 
 
 class DeviceIdentity(BaseModel):
-    """What the graphs were compiled for. `name` is informational; the rest must match."""
+    """What the graphs were compiled for. `name` is informational; the rest must match.
+
+    The host CPU counts on a GPU too: MAX compiles host-side graphs for it (the sampler with
+    --sample-on-host runs there; a GB10 bundle cross-compiled on x86_64 carries an x86_64 sampler)."""
 
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["cpu", "gpu"]
-    arch: str                       # cpu: machine (x86_64, aarch64); gpu: sm_XY
-    isa: list[str] = Field(default_factory=list)   # cpu: vector-ISA flags; gpu: empty
+    arch: str                       # cpu: the machine (x86_64, aarch64); gpu: sm_XY
+    host: str                       # the host CPU's machine
+    isa: list[str] = Field(default_factory=list)   # the host CPU's vector-ISA flags
     name: str | None = None
 
 
@@ -235,11 +239,13 @@ def _gpu_identity(index: int) -> tuple[str, str | None]:
         return "unknown", None
 
 
-def device_identity(devices: str) -> DeviceIdentity:
+def device_identity(devices: str, gpu_arch: str | None = None, gpu_name: str | None = None) -> DeviceIdentity:
+    """This machine as `devices` uses it; `gpu_arch` names a GPU it lacks (a --target cross-compile)."""
+    host, isa = platform.machine(), _cpu_isa()
     if devices.startswith("gpu"):
-        arch, name = _gpu_identity(_gpu_index(devices))
-        return DeviceIdentity(kind="gpu", arch=arch, name=name)
-    return DeviceIdentity(kind="cpu", arch=platform.machine(), isa=_cpu_isa(), name=_cpu_name())
+        arch, name = (gpu_arch, gpu_name) if gpu_arch else _gpu_identity(_gpu_index(devices))
+        return DeviceIdentity(kind="gpu", arch=arch, host=host, isa=isa, name=name)
+    return DeviceIdentity(kind="cpu", arch=host, host=host, isa=isa, name=_cpu_name())
 
 
 # -- reading and verifying --------------------------------------------------------------------
@@ -338,6 +344,7 @@ def compare(manifest: BundleManifest, options: EngineOptions, max_version: str,
     device = device or device_identity(options.devices)
     check("device.kind", manifest.device.kind, device.kind)
     check("device.arch", manifest.device.arch, device.arch)
+    check("device.host", manifest.device.host, device.host)
     if manifest.device.isa != device.isa:
         missing = sorted(set(manifest.device.isa) - set(device.isa))
         extra = sorted(set(device.isa) - set(manifest.device.isa))

@@ -55,7 +55,7 @@ def run_compile(command: list[str], env: dict[str, str], reporter=None, log_path
                              compile_elapsed_s=None)
     compile_started: list[float] = []
     lock = threading.Lock()
-    log = open(log_path, "w", encoding="utf-8", errors="replace") if log_path else None
+    log = open(log_path, "w", buffering=1, encoding="utf-8", errors="replace") if log_path else None
     if log:
         log.write(f"===== baldr-ops compile: {' '.join(command)} at {time.ctime()} =====\n")
     start = time.monotonic()

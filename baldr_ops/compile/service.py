@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -14,6 +15,7 @@ from baldr_ops.compile.bundle import (
     MANIFEST_NAME,
     PAYLOAD_DIRS,
     check_bundle,
+    device_identity,
     export_bundle,
     modular_cache_dir,
     plan_with_bundle,
@@ -61,21 +63,58 @@ def _failed(run) -> UserError:
     return UserError(f"MAX's compile failed (exit {run.returncode}): {last}", hint=f"full log: {run.log}")
 
 
+def parse_target(target: str) -> tuple[str, tuple[int, int]]:
+    """`cuda:sm_121` -> ("sm_121", (12, 1)): a GPU architecture for MAX's virtual-device compile."""
+    match = re.fullmatch(r"cuda:sm_(\d+)(\d)", target.strip())
+    if not match:
+        raise UserError(f"--target {target!r} is not a CUDA target baldr-ops can describe in a bundle",
+                        hint="use cuda:sm_XY, e.g. cuda:sm_121 for GB10 (DGX Spark), cuda:sm_90 for H100/GH200")
+    return f"sm_{match.group(1)}{match.group(2)}", (int(match.group(1)), int(match.group(2)))
+
+
+def _for_target(request, target: str, export: Path | None, import_dir: Path | None, check: bool):
+    """The request and guard for a cross-compile: the options launch will use on the target GPU."""
+    arch, capability = parse_target(target)
+    if export is None or import_dir is not None or check:
+        raise UserError("--target cross-compiles for another machine: use it with --export DIR only")
+    if request.max_batch_size is None:
+        raise UserError("--target needs --max-batch-size: MAX derives the batch size from device memory, which a "
+                        "virtual device does not have, and the graphs must match what launch builds there",
+                        hint="pass the same --max-batch-size here and to launch on the target machine")
+    # The shim and the fit check belong to the machine that serves; the guard to the target GPU.
+    return request.model_copy(update={"devices": request.devices or "gpu", "shim": "off"}), arch, capability
+
+
 def compile_model(request, export: Path | None = None, import_dir: Path | None = None, check: bool = False,
-                  payload: str = "auto", reporter=None) -> CompileReport:
-    """Plan exactly as `launch` would (ports aside), then compile / export / import / check."""
+                  payload: str = "auto", reporter=None, target: str | None = None) -> CompileReport:
+    """Plan exactly as `launch` would (ports aside), then compile / export / import / check.
+
+    `target` (cuda:sm_XY) cross-compiles for a GPU this machine lacks, with MAX's virtual devices."""
     from baldr_ops.compile.runner import run_compile
     from baldr_ops.engines.max.command import warm_cache_command
     from baldr_ops.engines.max.quirks import require_max
+    from baldr_ops.launch.guard import decide_guard
     from baldr_ops.launch.preflight import plan_launch
 
     say = reporter.message if reporter is not None else (lambda _m: None)
+    device = None
+    if target:
+        request, arch, capability = _for_target(request, target, export, import_dir, check)
     plan, notes = plan_launch(request.model_copy(update={"precompiled": None}), progress=say, check_ports=False)
-    for note in notes:
-        say(f"  {note}")
     quirks = require_max()
     options = plan.options
     env = dict(plan.env)
+    if target:
+        guard = decide_guard(request.guard, capability, quirks.has_sample_on_host)
+        options = options.model_copy(update={"sample_on_host": False, "default_temperature": None,
+                                             "default_top_k": None, **guard.serve_args})
+        env.update(guard.env)
+        device = device_identity("gpu", gpu_arch=arch, gpu_name=f"virtual device ({target})")
+        notes = [n for n in notes if not n.startswith("sampling guard")]
+        notes.append(f"cross-compiling for {target} (MAX virtual devices); sampling guard there: {guard.mode} "
+                     f"({guard.reason})")
+    for note in notes:
+        say(f"  {note}")
     env.pop("MAX_SERVE_METRICS_ENDPOINT_PORT", None)   # compile serves nothing
     cache_dir = modular_cache_dir({**os.environ, **env})
     warm_before = cache_warm(options.model_path, options, cache_dir, quirks.version)
@@ -133,6 +172,10 @@ def compile_model(request, export: Path | None = None, import_dir: Path | None =
             env["MODULAR_CACHE_DIR"] = str(compile_cache)
             say(f"compiling into an empty cache ({compile_cache}) so the bundle holds only this model")
         extra = ["--export-mefs", str(mefs_dir)] if mefs_dir else []
+        if target:
+            if kind != "mefs":
+                raise UserError("--target needs a MEF bundle (MAX >= 26.7, --payload auto or mefs)")
+            extra += ["--target", target]
         command = warm_cache_command(options.model_copy(update={"extra_args": options.extra_args + extra}))
         run = run_compile(command, env, reporter, _log_path())
         if run.returncode != 0:
@@ -142,14 +185,14 @@ def compile_model(request, export: Path | None = None, import_dir: Path | None =
         if compile_cache is not None:
             seed_cache(compile_cache, cache_dir)
             entries = sorted(p.relative_to(compile_cache).as_posix() for p in compile_cache.glob(MEF_CACHE_GLOB))
-        else:
-            entries = cache_entries_for_mefs(mefs_dir, cache_dir) if mefs_dir else []
+        else:  # a virtual device's graphs say nothing about this machine's warmth
+            entries = cache_entries_for_mefs(mefs_dir, cache_dir) if mefs_dir and not target else []
         record_compiled(options, quirks.version, entries, cache_dir)
         report.cache_warm = cache_warm(options.model_path, options, cache_dir, quirks.version)
         if export is not None:
             manifest = export_bundle(export, kind, compile_cache or mefs_dir, options, quirks.version,
                                      compile_seconds=round(sum(run.compile_times.values()), 1),
-                                     model_name=plan.served_name)
+                                     model_name=plan.served_name, device=device)
             report.bundle, report.bundle_payload = str(Path(export).expanduser().resolve()), kind
             report.bundle_files = len(manifest.files)
             report.bundle_bytes = sum(f.size for f in manifest.files.values())

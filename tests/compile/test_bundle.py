@@ -150,9 +150,23 @@ def test_other_options_and_device_are_named(exported):
     bundle_dir, options, _ = exported
     use = b.plan_with_bundle(bundle_dir, options.model_copy(update={"max_length": 2048}), QUIRKS)
     assert not use.used and "options.max_length differs (bundle none, here 2048)" in use.note
-    _rewrite_manifest(bundle_dir, device=b.DeviceIdentity(kind="gpu", arch="sm_121", name="NVIDIA GB10"))
+    _rewrite_manifest(bundle_dir, device=b.DeviceIdentity(kind="gpu", arch="sm_121", host="aarch64",
+                                                          name="NVIDIA GB10"))
     use = b.plan_with_bundle(bundle_dir, options, QUIRKS)
     assert {"device.kind", "device.arch"} <= {m.field for m in use.mismatches}
+
+
+def test_gpu_bundle_built_on_another_host_cpu_is_not_used(tmp_path, monkeypatch):
+    """A GB10 bundle cross-compiled on x86_64 carries an x86_64 host sampler: aarch64 must not use it."""
+    model = make_model(tmp_path / "model")
+    options = options_for(model).model_copy(update={"devices": "gpu"})
+    built_on = b.device_identity("gpu", gpu_arch="sm_121").model_copy(update={"host": "x86_64"})
+    b.export_bundle(tmp_path / "bundle", "mefs", make_mefs(tmp_path / "mefs"), options, "26.7.0", device=built_on)
+    here = built_on.model_copy(update={"host": "aarch64"})
+    monkeypatch.setattr(b, "device_identity", lambda devices: here)
+    use = b.plan_with_bundle(tmp_path / "bundle", options, QUIRKS)
+    assert [m.field for m in use.mismatches] == ["device.host"]
+    assert "device.host differs (bundle x86_64, here aarch64)" in use.note
 
 
 def test_cpu_isa_difference_is_reported(exported):
