@@ -209,6 +209,10 @@ class Supervisor:
         while time.monotonic() < deadline:
             if self.stop_signal or self.proc.poll() is not None:
                 return None
+            # systemd's watchdog runs during start-up too: the server is alive and the startup
+            # timeout (not the watchdog) bounds a compile that never ends.
+            if self.notifier.watchdog_interval_s:
+                self.notifier.send("WATCHDOG=1")
             if readiness.port_open(self.plan.host, self.plan.port):
                 last = readiness.check_once(self.plan.host, self.plan.port, self.plan.served_name, canary=sup.canary)
                 if last.ok:

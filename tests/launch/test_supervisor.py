@@ -174,3 +174,32 @@ def test_lock_is_released_when_the_holder_dies(tmp_path):
     holder.wait()
     assert not RunDir(4322, tmp_path).held_by_someone()
     RunDir(4322, tmp_path).acquire()  # a new launch can take the port
+
+
+def test_systemd_sees_ready_after_canary_watchdog_and_stopping(tmp_path, monkeypatch):
+    address = str(tmp_path / "notify.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(address)
+    server.settimeout(0.1)
+    monkeypatch.setenv("NOTIFY_SOCKET", address)
+    monkeypatch.setenv("WATCHDOG_USEC", "400000")
+    sup, _ = make(tmp_path, free_port())
+    messages = []
+
+    def after_ready(s):
+        time.sleep(0.5)  # a few liveness rounds would ping the watchdog; here the gate already did
+        return 0
+
+    sup.after_ready = after_ready
+    assert sup.run() == 0
+    while True:
+        try:
+            messages.append(server.recv(4096).decode())
+        except (TimeoutError, OSError):
+            break
+    server.close()
+    joined = "\n".join(messages)
+    ready_at = next(i for i, m in enumerate(messages) if "READY=1" in m)
+    assert any("WATCHDOG=1" in m for m in messages[:ready_at])  # pinged while starting
+    assert any(m.startswith("STATUS=compiling") for m in messages[:ready_at])
+    assert "STOPPING=1" in joined and joined.index("STOPPING=1") > joined.index("READY=1")
