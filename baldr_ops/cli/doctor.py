@@ -138,17 +138,25 @@ def _run(args) -> int:
 
     with contextlib.ExitStack() as stack:
         root = _resolve_root(args, stack)
-        code = 0
-        while True:
-            code = _once(args, root, footprint, floor, sys.stdout)
-            if not args.watch:
-                return code
-            try:
-                if args.interval == 0:
-                    import time
+        if not args.watch:
+            return _once(args, root, footprint, floor, sys.stdout)
+        # --watch: an interrupt ends the loop after the round in progress, so the last report
+        # (one JSON document per line) is never torn in the middle of a write.
+        import signal
+        import time
 
-                    time.sleep(1.0)
-            except KeyboardInterrupt:
+        stop: list[int] = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda signum, _frame: stop.append(signum))
+        period = args.interval or 1.0
+        while True:
+            started = time.monotonic()
+            code = _once(args, root, footprint, floor, sys.stdout)
+            # A live sample already took `interval`; a replayed root takes no time at all.
+            remaining = period - (time.monotonic() - started)
+            if not stop and remaining > 0:
+                time.sleep(remaining)
+            if stop:
                 return code
 
 
