@@ -151,7 +151,12 @@ def _run(args) -> int:
         period = args.interval or 1.0
         while True:
             started = time.monotonic()
-            code = _once(args, root, footprint, floor, sys.stdout)
+            # Signals wait until the round is written: an interrupted pipe write can be left partial.
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            try:
+                code = _once(args, root, footprint, floor, sys.stdout)
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
             # A live sample already took `interval`; a replayed root takes no time at all.
             remaining = period - (time.monotonic() - started)
             if not stop and remaining > 0:
