@@ -32,6 +32,8 @@ class Notifier:
             return False
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                # Never block the supervisor on a listener that does not read (a full queue drops).
+                sock.setblocking(False)
                 sock.connect(self.address)
                 sock.sendall("\n".join(fields).encode())
             return True

@@ -163,11 +163,14 @@ class Supervisor:
         """Processes still in the child's session (MAX's workers), found via /proc."""
         pids = []
         for entry in os.listdir("/proc"):
-            if entry.isdigit():
+            if entry.isdigit() and int(entry) != os.getpid():
                 try:
-                    if os.getsid(int(entry)) == sid and int(entry) != os.getpid():
-                        pids.append(int(entry))
-                except OSError:
+                    if os.getsid(int(entry)) != sid:
+                        continue
+                    with open(f"/proc/{entry}/stat") as fh:
+                        if fh.read().rsplit(")", 1)[1].split()[0] != "Z":  # zombies wait for init, not us
+                            pids.append(int(entry))
+                except (OSError, IndexError):
                     continue
         return pids
 
@@ -181,11 +184,19 @@ class Supervisor:
                 pass
 
     def drain(self) -> int | None:
-        """TERM the whole tree, wait the grace period, KILL what is left, reap."""
+        """Stop on request: mark draining, then end the server's whole process tree."""
         if not self.proc:
             return None
         self._set(state="draining", phase_detail=f"SIGTERM to the server, {self.plan.supervision.grace_s:.0f} s grace")
         self.notifier.send("STOPPING=1")
+        return self._end_session()
+
+    def _end_session(self) -> int:
+        """TERM every process in the server's session, wait the grace period, KILL the rest, reap.
+
+        Also after the server died on its own: MAX's model and metrics workers outlive a killed
+        parent, and a restart must not leave them running beside the new server.
+        """
         self._signal_tree(signal.SIGTERM)
         deadline = time.monotonic() + self.plan.supervision.grace_s
         while time.monotonic() < deadline and self._session_pids(self.proc.pid):
@@ -296,6 +307,7 @@ class Supervisor:
                 self.drain()
             else:
                 self.proc.wait()
+                self._end_session()
 
             # The last lines (often the error) may still be in the pipe: read them before judging.
             self._pump.join(timeout=5)

@@ -9,6 +9,7 @@ Behaviour from the environment:
   FAKE_FAIL_LOG         a line to print before exiting (e.g. a MAX error)
   FAKE_IGNORE_TERM      "1": ignore SIGTERM (the supervisor must KILL after the grace period)
   FAKE_MARKER           file whose content counts the starts (one line appended per start)
+  FAKE_LEAVE_WORKER     "1": exit without ending the worker (it is orphaned, as MAX's are)
 It forks one "worker" child in the same session, as MAX does, and prints its pid.
 """
 
@@ -86,7 +87,8 @@ def main():
         if exit_after and time.monotonic() - start > float(exit_after):
             if os.environ.get("FAKE_FAIL_LOG"):
                 print(os.environ["FAKE_FAIL_LOG"], flush=True)
-            os.kill(worker, signal.SIGKILL)
+            if os.environ.get("FAKE_LEAVE_WORKER") != "1":  # MAX's workers outlive a killed parent
+                os.kill(worker, signal.SIGKILL)
             sys.exit(int(os.environ.get("FAKE_EXIT_CODE", "1")))
 
 

@@ -109,6 +109,7 @@ def test_detached_serving_guard_restart_and_stop(demo_model, run_env):
             assert time.monotonic() < deadline, st
             time.sleep(2)
         assert st["restarts"] == 1 and "SIGKILL" in st["last_exit"]
+        assert session_members(server_pid) == []  # MAX's workers of the killed server are gone too
         again = client.chat.completions.create(model=name, temperature=0, max_tokens=24,
                                                messages=[{"role": "user", "content": QUESTION}])
         assert again.choices[0].message.content == greedy_text

@@ -185,21 +185,36 @@ def test_systemd_sees_ready_after_canary_watchdog_and_stopping(tmp_path, monkeyp
     monkeypatch.setenv("WATCHDOG_USEC", "400000")
     sup, _ = make(tmp_path, free_port())
     messages = []
+    done = threading.Event()
 
-    def after_ready(s):
-        time.sleep(0.5)  # a few liveness rounds would ping the watchdog; here the gate already did
-        return 0
+    def listen():
+        while not done.is_set():
+            try:
+                messages.append(server.recv(4096).decode())
+            except (TimeoutError, OSError):
+                continue
 
-    sup.after_ready = after_ready
-    assert sup.run() == 0
-    while True:
-        try:
-            messages.append(server.recv(4096).decode())
-        except (TimeoutError, OSError):
-            break
-    server.close()
+    listener = threading.Thread(target=listen)
+    listener.start()
+    sup.after_ready = lambda s: 0
+    try:
+        assert sup.run() == 0
+        time.sleep(0.3)
+    finally:
+        done.set()
+        listener.join()
+        server.close()
     joined = "\n".join(messages)
     ready_at = next(i for i, m in enumerate(messages) if "READY=1" in m)
     assert any("WATCHDOG=1" in m for m in messages[:ready_at])  # pinged while starting
     assert any(m.startswith("STATUS=compiling") for m in messages[:ready_at])
     assert "STOPPING=1" in joined and joined.index("STOPPING=1") > joined.index("READY=1")
+
+
+def test_workers_orphaned_by_a_crash_are_ended_before_the_restart(tmp_path):
+    port = free_port()
+    sup, _ = make(tmp_path, port, env={"FAKE_EXIT_AFTER_S": "0.3", "FAKE_LEAVE_WORKER": "1"}, max_restarts=1)
+    assert sup.run() == 1
+    workers = [int(line.split()[1]) for line in sup.reporter.lines if line.startswith("WORKER_PID")]
+    assert len(workers) == 2  # one per start
+    assert not any(pid_alive(pid) for pid in workers)

@@ -144,3 +144,12 @@ def test_unit_file_runs_launch_in_the_foreground():
     assert "Type=notify" in unit and "User=llm" in unit and "WatchdogSec=" in unit
     exec_line = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
     assert "launch --model '/models/gemma 31b' --cap 100G" in exec_line
+
+
+def test_sd_notify_never_blocks_on_a_listener_that_does_not_read(tmp_path):
+    address = str(tmp_path / "deaf")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(address)
+        notifier = Notifier({"NOTIFY_SOCKET": address})
+        results = [notifier.send("WATCHDOG=1") for _ in range(500)]  # the queue holds far fewer
+        assert results[0] is True and results[-1] is False
