@@ -81,7 +81,8 @@ def test_pydantic_rebuild_completes_a_model_with_torch_annotations():
 
 
 def test_pydantic_rebuild_is_skipped_where_max_does_not_need_it():
-    out = run_py("from baldr_ops.engines.max.patches import apply_all; apply_all()")
+    out = run_py("from baldr_ops.engines.max.patches import apply_all; apply_all()\n"
+                 "import max.pipelines.lib.config.config")
     line = next(ln for ln in out.stderr.splitlines() if "pydantic-rebuild" in ln)
     assert "skipped (not needed: all" in line
 
@@ -92,3 +93,11 @@ def test_force_greedy_sets_every_sampling_knob():
 
     p = force_greedy(P())
     assert (p.top_k, p.temperature, p.top_p, p.min_p, p.thinking_temperature) == (1, 0.0, 1.0, 0.0, None)
+
+
+def test_patches_wait_for_max_to_import_their_modules():
+    """Arming costs nothing: no MAX module is imported until MAX itself asks for it."""
+    out = run_py("import sys\nfrom baldr_ops.engines.max.patches import apply_all\napply_all()\n"
+                 "print('LOADED', sorted(m for m in sys.modules if m.startswith('max.pipelines')))")
+    assert "LOADED []" in out.stdout, out.stderr
+    assert "patches armed" in out.stderr

@@ -8,6 +8,8 @@ Settings come from the environment that `launch` computes (names below), read on
 from __future__ import annotations
 
 import functools
+import importlib.abc
+import importlib.machinery
 import os
 import sys
 import time
@@ -17,6 +19,7 @@ ENV_ESTIMATOR = "BALDR_PATCH_ESTIMATOR"  # auto | on | off
 ENV_PLAN_FREE = "BALDR_PLAN_FREE_BYTES"  # explicit figure for the planner (tests, overrides)
 ENV_GUARD = "BALDR_GUARD"                # greedy | host-sampling | off (the decided mode)
 ENV_REBUILD = "BALDR_PATCH_PYDANTIC"      # auto | off
+CONFIG_MODULES = ("max.pipelines.lib.config.config", "max.pipelines.lib.config.model_config")
 
 
 def log(message: str, level: str = "INFO") -> None:
@@ -166,17 +169,15 @@ def rebuild_incomplete(models) -> list[str]:
 
 
 def _max_config_models() -> list:
+    """MAX's pydantic config models among the modules imported so far (never imports: this runs
+    inside an import hook, where pulling in more of MAX could close an import cycle)."""
     from pydantic import BaseModel
 
     found = []
-    for name in ("max.pipelines.lib.config.config", "max.pipelines.lib.config.model_config",
-                 "max.pipelines.lib.kv_cache_config", "max.serve.config"):
+    for name in CONFIG_MODULES:
         module = sys.modules.get(name)
         if module is None:
-            try:
-                module = __import__(name, fromlist=["_"])
-            except Exception:
-                continue
+            continue
         for value in vars(module).values():
             if isinstance(value, type) and issubclass(value, BaseModel) and value.__module__ == module.__name__:
                 found.append(value)
@@ -194,16 +195,62 @@ def patch_pydantic_rebuild(quirks) -> PatchResult:
     return PatchResult("pydantic-rebuild", True, f"rebuilt {', '.join(rebuilt)} with a torch namespace")
 
 
+# Each patch runs right after MAX itself imports the module it changes. Importing those modules up
+# front would cost ~10 s of start-up: MAX imports `max.pipelines` while its model worker spawns,
+# and an eager import here serialises that (measured: +7-10 s to /health on the demo model).
+PATCH_POINTS = (
+    ("max.pipelines.lib.config.config", patch_pydantic_rebuild),
+    ("max.pipelines.lib.memory_estimation", patch_estimator),
+    ("max.driver", patch_device_stats),
+    ("max.pipelines.context.sampling_params", patch_greedy_guard),
+)
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Runs a hook once, right after a named module has been executed by its normal loader."""
+
+    def __init__(self, hooks: dict):
+        self.hooks = hooks
+
+    def find_spec(self, name, path=None, target=None):
+        hook = self.hooks.pop(name, None)  # one-shot; popping first also stops recursion
+        if hook is None:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        run_module = spec.loader.exec_module
+
+        def exec_module(module):
+            run_module(module)
+            hook()
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def _run_patch(patch, quirks) -> PatchResult:
+    try:
+        result = patch(quirks)
+    except Exception as exc:  # a broken patch must not keep the server down
+        result = PatchResult(patch.__name__.removeprefix("patch_"), False, f"failed: {exc}")
+    log(f"patch {result.name}: {'applied' if result.applied else 'skipped'} ({result.note})")
+    return result
+
+
 def apply_all() -> list[PatchResult]:
+    """Arm every patch; each applies (and logs) when MAX imports its module, or now if it already has."""
     from baldr_ops.engines.max.quirks import require_max
 
     quirks = require_max()
-    results = []
-    for patch in (patch_pydantic_rebuild, patch_estimator, patch_device_stats, patch_greedy_guard):
-        try:
-            result = patch(quirks)
-        except Exception as exc:  # a broken patch must not keep the server down
-            result = PatchResult(patch.__name__.removeprefix("patch_"), False, f"failed: {exc}")
-        log(f"patch {result.name}: {'applied' if result.applied else 'skipped'} ({result.note})")
-        results.append(result)
+    results: list[PatchResult] = []
+    pending = {}
+    for module, patch in PATCH_POINTS:
+        if module in sys.modules:
+            results.append(_run_patch(patch, quirks))
+        else:
+            pending[module] = functools.partial(lambda p: results.append(_run_patch(p, quirks)), patch)
+    if pending:
+        sys.meta_path.insert(0, _AfterImport(pending))
+        log(f"patches armed for MAX {quirks.version}: " + ", ".join(pending))
     return results
