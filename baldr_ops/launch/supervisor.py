@@ -210,6 +210,9 @@ class Supervisor:
         if self._session_pids(self.proc.pid):
             self.reporter.message(f"still running after {self.plan.supervision.grace_s:.0f} s grace: SIGKILL")
             self._signal_tree(signal.SIGKILL)
+            deadline = time.monotonic() + 5  # SIGKILL is delivered asynchronously
+            while self._session_pids(self.proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
         return self.proc.wait()
 
     # -- main loop -----------------------------------------------------------------------------
