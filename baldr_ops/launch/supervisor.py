@@ -231,7 +231,8 @@ class Supervisor:
                 last = readiness.check_once(self.plan.host, self.plan.port, self.plan.served_name, canary=sup.canary)
                 if last.ok:
                     return last
-            self._sleep(1.0)
+            # Poll often: every second spent here is start-up time the user waits for.
+            self._sleep(0.2)
         self.reporter.message(f"not ready after {sup.startup_timeout_s:.0f} s (last: {last.detail if last else 'port closed'})")
         return None
 
