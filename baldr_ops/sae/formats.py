@@ -1,18 +1,30 @@
 """Read and write SAEs in the formats people publish, chosen by auto-detection.
 
-Each format is a `Format` (name, a cheap `detect` on the directory's file names and keys, a
-`load`). `load_sae` tries them in order; `save_saelens` writes the SAELens 6 layout
+Each format is a `Format` (name, a cheap `detect` on the directory's file names only, a `load`).
+`load_sae` tries them in order; `save_saelens` writes the SAELens 6 layout
 (``cfg.json`` + ``sae_weights.safetensors``) that ``sae_lens.SAE.load_from_disk`` reads.
-Weights are read with ``safe_open`` tensor by tensor, so an encoder-only load never reads W_dec.
+
+| format          | files                                   | stored as                        |
+|-----------------|-----------------------------------------|----------------------------------|
+| saelens         | cfg.json + sae_weights.safetensors      | our layout (W_enc [d_in, d_sae]) |
+| gemma-scope-v1  | params.npz (W_enc, W_dec, ..threshold)  | our layout, JumpReLU             |
+| gemma-scope-2   | params.safetensors (w_enc, w_dec, ...)  | our layout, lowercase keys       |
+| sparsify        | cfg.json + sae.safetensors              | encoder.weight [d_sae, d_in]: .T |
+
+Weights are read tensor by tensor (``safe_open``; one zip member at a time for ``.npz``), so an
+encoder-only load never reads W_dec and detection never reads weights at all.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from baldr_ops.errors import UserError
@@ -21,6 +33,13 @@ from baldr_ops.sae.model import SAEConfig, SparseAutoencoder, check_finite, chec
 SAELENS_CFG = "cfg.json"
 SAELENS_WEIGHTS = "sae_weights.safetensors"
 SAELENS_VERSION = "6.54.12"  # the release whose layout we write (and test against when installed)
+GEMMA_SCOPE_V1_WEIGHTS = "params.npz"
+GEMMA_SCOPE_2_WEIGHTS = "params.safetensors"
+GEMMA_SCOPE_2_CFG = "config.json"
+SPARSIFY_CFG = "cfg.json"
+SPARSIFY_WEIGHTS = "sae.safetensors"
+# Weight files a user may name directly instead of their directory.
+WEIGHT_FILES = (SAELENS_WEIGHTS, GEMMA_SCOPE_V1_WEIGHTS, GEMMA_SCOPE_2_WEIGHTS, SPARSIFY_WEIGHTS)
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
            "torch.float32": torch.float32, "torch.float16": torch.float16, "torch.bfloat16": torch.bfloat16}
@@ -78,8 +97,47 @@ class TensorFile:
         return tensor.to(device=opts.device, dtype=opts.dtype or tensor.dtype)
 
 
+class NpzFile:
+    """The same lazy access for a numpy ``.npz`` (a zip of ``.npy`` members): shapes come from each
+    member's header, and only the members asked for are decompressed."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self._zip = zipfile.ZipFile(path)
+        except (OSError, zipfile.BadZipFile) as exc:
+            raise UserError(f"cannot read {path}: {exc}") from exc
+        self._members = {n.removesuffix(".npy"): n for n in self._zip.namelist() if n.endswith(".npy")}
+        self.keys = set(self._members)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        with self._zip.open(self._members[key]) as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _fortran, _dtype = read_header(fh)
+        return tuple(shape)
+
+    def get(self, key: str, opts: LoadOptions, required: bool = True) -> torch.Tensor | None:
+        if key not in self.keys:
+            if required:
+                raise UserError(f"{self.path}: array {key} is missing (found: {', '.join(sorted(self.keys))})")
+            return None
+        try:
+            with self._zip.open(self._members[key]) as fh:
+                array = np.lib.format.read_array(fh, allow_pickle=False)
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:
+            raise UserError(f"cannot read array {key} from {self.path}: {exc}") from exc
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        check_finite(key, tensor, str(self.path))
+        return tensor.to(device=opts.device, dtype=opts.dtype or tensor.dtype)
+
+
 # -- SAELens ---------------------------------------------------------------------------------------
-_SAELENS_ARCH = {"standard": "relu", "relu": "relu", "topk": "topk", "jumprelu": "jumprelu"}
+_SAELENS_ARCH = {"standard": "relu", "relu": "relu", "topk": "topk", "jumprelu": "jumprelu",
+                 # BatchTopK runs at inference as JumpReLU with its learned global threshold
+                 # (SAELens saves it so); a training-time cfg still says batchtopk.
+                 "batchtopk": "jumprelu", "matryoshka_batchtopk": "jumprelu"}
 
 
 def _saelens_cfg(cfg: dict, file: Path) -> dict:
@@ -92,7 +150,7 @@ def _saelens_cfg(cfg: dict, file: Path) -> dict:
         arch = "topk" if act == "topk" else "standard"
     if arch not in _SAELENS_ARCH:
         raise UserError(f"{file}: SAE architecture {arch!r} is not supported",
-                        hint=f"supported: {', '.join(sorted(_SAELENS_ARCH))} (BatchTopK is saved as jumprelu)")
+                        hint=f"supported: {', '.join(sorted(_SAELENS_ARCH))}")
     norm = cfg.get("normalize_activations") or "none"
     if norm != "none":
         raise UserError(f"{file}: normalize_activations={norm!r} is not supported", hint="only 'none'")
@@ -101,45 +159,110 @@ def _saelens_cfg(cfg: dict, file: Path) -> dict:
     for key in ("d_in", "d_sae"):
         if not isinstance(cfg.get(key), int):
             raise UserError(f"{file}: {key} must be an integer, found {cfg.get(key)!r}")
-    return {"architecture": _SAELENS_ARCH[arch], "k": k, "d_in": cfg["d_in"], "d_sae": cfg["d_sae"],
+    rescale = bool(cfg.get("rescale_acts_by_decoder_norm", False))
+    if arch in ("batchtopk", "matryoshka_batchtopk") and rescale:
+        # The learned threshold is then in units of pre * |W_dec|, which JumpReLU does not model.
+        raise UserError(f"{file}: a BatchTopK training checkpoint with rescale_acts_by_decoder_norm is "
+                        "not supported", hint="save it for inference with SAELens (it folds the norm)")
+    return {"architecture": _SAELENS_ARCH[arch], "k": k if arch == "topk" else None,
+            "d_in": cfg["d_in"], "d_sae": cfg["d_sae"],
             "apply_b_dec_to_input": bool(cfg.get("apply_b_dec_to_input", True)),
-            "rescale_acts_by_decoder_norm": bool(cfg.get("rescale_acts_by_decoder_norm", False)),
+            "rescale_acts_by_decoder_norm": rescale and arch == "topk",
             "model_name": meta.get("model_name") or cfg.get("model_name"), "hook_name": hook,
             "layer": layer_from_hook(hook) if hook else cfg.get("hook_layer")}
 
 
 def layer_from_hook(hook: str | None) -> int | None:
-    """The block index in TransformerLens/HF hook names: blocks.12.hook_resid_post, model.layers.12."""
+    """The decoder layer whose *output* a hook reads, from TransformerLens/HF hook names:
+    blocks.12.hook_resid_post and model.layers.12(.output) are 12; blocks.12.hook_resid_pre is the
+    input of block 12, i.e. the output of layer 11."""
     if not hook:
         return None
     parts = hook.replace("/", ".").split(".")
     for prev, part in zip(parts, parts[1:], strict=False):
         if prev in ("blocks", "layers", "h", "layer") and part.isdigit():
-            return int(part)
+            layer = int(part)
+            if hook.endswith("hook_resid_pre"):
+                return layer - 1 if layer > 0 else None  # block 0's input is the embedding
+            return layer
     return None
 
 
-def build_sae(fields: dict, tensors: TensorFile, keys: dict[str, str], opts: LoadOptions,
-              source_format: str, transpose: tuple[str, ...] = ()) -> SparseAutoencoder:
+# Hook names that read something other than the residual stream between blocks.
+_NOT_RESIDUAL = re.compile(r"(mlp|attn|att\b|hook_z|resid_mid|transcoder|embed|pre_feedforward|"
+                           r"post_feedforward|o_proj)", re.IGNORECASE)
+
+
+def reads_residual_stream(hook: str | None) -> bool | None:
+    """Whether a hook name reads the residual stream at a block boundary (None: no name given)."""
+    if not hook:
+        return None
+    return not _NOT_RESIDUAL.search(hook)
+
+
+_LAYER_IN_NAME = re.compile(r"^(?:layers?|blocks?)[._-]?(\d+)(?=$|[._-])", re.IGNORECASE)
+
+
+def split_layer_name(name: str) -> tuple[int, str] | None:
+    """(layer, what follows) for a directory name that denotes a layer: layer_12 -> (12, ''),
+    layers.12.mlp -> (12, 'mlp'), blocks.12.hook_resid_post -> (12, 'hook_resid_post'),
+    layer_12_width_16k_l0_small (Gemma Scope 2) -> (12, 'width_16k_l0_small')."""
+    match = _LAYER_IN_NAME.match(name)
+    if not match:
+        return None
+    rest = name[match.end():].lstrip("._-")
+    layer = int(match.group(1))
+    if rest == "hook_resid_pre":  # the input of block N is the output of layer N - 1
+        if layer == 0:
+            return None
+        layer -= 1
+    return layer, rest
+
+
+def layer_from_name(name: str) -> int | None:
+    split = split_layer_name(name)
+    return None if split is None else split[0]
+
+
+def layer_from_path(path: Path) -> int | None:
+    """The nearest ``layer_N``-like part of a path, deepest first (Gemma Scope:
+    layer_12/width_16k/average_l0_71/params.npz)."""
+    for part in reversed(path.parts):
+        layer = layer_from_name(part)
+        if layer is not None:
+            return layer
+    return None
+
+
+def build_sae(fields: dict, tensors: TensorFile | NpzFile, keys: dict[str, str], opts: LoadOptions,
+              source_format: str, transpose: tuple[str, ...] = (),
+              given: dict[str, torch.Tensor] | None = None) -> SparseAutoencoder:
     """An SAE from a file's tensors: ``keys`` maps our names (W_enc, ...) to the file's; names in
-    ``transpose`` are stored [out, in] and turned into SAELens' layout. Shapes are checked first."""
+    ``transpose`` are stored [out, in] and turned into SAELens' layout; ``given`` supplies tensors
+    derived elsewhere (e.g. a broadcast threshold). Shapes are checked before any data is read."""
     d_in, d_sae = fields["d_in"], fields["d_sae"]
     file = str(tensors.path)
     expected = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,),
                 "threshold": (d_sae,)}
-    wanted = ["W_enc", "b_enc", "b_dec"] + ([] if opts.encoder_only else ["W_dec"])
+    # A TopK SAE that ranks by decoder norm needs W_dec to encode at all.
+    needs_decoder = not opts.encoder_only or fields.get("rescale_acts_by_decoder_norm", False)
+    wanted = ["W_enc", "b_enc", "b_dec"] + (["W_dec"] if needs_decoder else [])
     if fields["architecture"] == "jumprelu":
         wanted.append("threshold")
-    loaded = {}
-    for name in wanted:
+    loaded = dict(given or {})
+    to_read = [name for name in wanted if name not in loaded]
+    for name in to_read:  # every key and shape first, so a bad file fails before gigabytes are read
         key = keys[name]
         if key not in tensors.keys:
             raise UserError(f"{file}: tensor {key} is missing (found: {', '.join(sorted(tensors.keys))})")
         want = tuple(reversed(expected[name])) if name in transpose else expected[name]
         check_shape(key, tensors.shape(key), want, file)
-        tensor = tensors.get(key, opts)
+    for name in to_read:
+        tensor = tensors.get(keys[name], opts)
         loaded[name] = tensor.T.contiguous() if name in transpose else tensor
     dtype = str(loaded["W_enc"].dtype).removeprefix("torch.")
+    for name, tensor in loaded.items():  # given tensors follow the file's dtype and device
+        loaded[name] = tensor.to(device=loaded["W_enc"].device, dtype=loaded["W_enc"].dtype)
     config = SAEConfig(dtype=dtype, source_format=source_format, **fields)
     return SparseAutoencoder(config=config, **loaded)
 
@@ -149,10 +272,117 @@ def _detect_saelens(path: Path) -> bool:
 
 
 def _load_saelens(path: Path, opts: LoadOptions) -> SparseAutoencoder:
-    fields = _saelens_cfg(_read_json(path / SAELENS_CFG), path / SAELENS_CFG)
+    cfg = _read_json(path / SAELENS_CFG)
+    fields = _saelens_cfg(cfg, path / SAELENS_CFG)
     tensors = TensorFile(path / SAELENS_WEIGHTS)
     names = {n: n for n in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")}
-    return build_sae(fields, tensors, names, opts, "saelens")
+    given = {}
+    if fields["architecture"] == "jumprelu" and "threshold" not in tensors.keys \
+            and "topk_threshold" in tensors.keys:
+        # A BatchTopK training checkpoint: one global threshold, broadcast as SAELens does on save.
+        scalar = tensors.get("topk_threshold", opts)
+        if scalar.numel() != 1:
+            raise UserError(f"{tensors.path}: topk_threshold has shape {list(scalar.shape)}, expected one value")
+        given["threshold"] = scalar.reshape(()).expand(fields["d_sae"]).clone()
+    return build_sae(fields, tensors, names, opts, "saelens", given=given)
+
+
+# -- Gemma Scope v1 (Gemma 2): params.npz --------------------------------------------------------
+def _detect_gemma_scope_v1(path: Path) -> bool:
+    return (path / GEMMA_SCOPE_V1_WEIGHTS).is_file()
+
+
+def _pick_keys(keys: set[str], names: tuple[str, ...], file: Path) -> dict[str, str]:
+    """Our tensor names to the file's, accepting W_enc or w_enc spellings."""
+    chosen = {}
+    for name in names:
+        for candidate in (name, name.lower()):
+            if candidate in keys:
+                chosen[name] = candidate
+                break
+        else:
+            raise UserError(f"{file}: tensor {name} is missing (found: {', '.join(sorted(keys))})")
+    return chosen
+
+
+def _jumprelu_fields_from_shapes(tensors: TensorFile | NpzFile, keys: dict[str, str]) -> dict:
+    shape = tensors.shape(keys["W_enc"])
+    if len(shape) != 2:
+        raise UserError(f"{tensors.path}: tensor {keys['W_enc']} has shape {list(shape)}, expected [d_in, d_sae]")
+    d_in, d_sae = shape
+    return {"architecture": "jumprelu", "d_in": d_in, "d_sae": d_sae, "apply_b_dec_to_input": False}
+
+
+def _load_gemma_scope_v1(path: Path, opts: LoadOptions) -> SparseAutoencoder:
+    tensors = NpzFile(path / GEMMA_SCOPE_V1_WEIGHTS)
+    keys = _pick_keys(tensors.keys, ("W_enc", "b_enc", "b_dec", "threshold")
+                      + (() if opts.encoder_only else ("W_dec",)), tensors.path)
+    keys.setdefault("W_dec", "W_dec")
+    if "scaling_factor" in tensors.keys:  # a fine-tuning scale SAELens folds; 1 everywhere is a no-op
+        scale = tensors.get("scaling_factor", opts)
+        if not torch.allclose(scale, torch.ones_like(scale)):
+            raise UserError(f"{tensors.path}: a scaling_factor other than 1 is not supported")
+    fields = _jumprelu_fields_from_shapes(tensors, keys)
+    layer = layer_from_path(path)
+    fields.update(layer=layer, hook_name=f"blocks.{layer}.hook_resid_post" if layer is not None else None)
+    return build_sae(fields, tensors, keys, opts, "gemma-scope-v1")
+
+
+# -- Gemma Scope 2 (Gemma 3): params.safetensors, lowercase keys, optional config.json -------------
+def _detect_gemma_scope_2(path: Path) -> bool:
+    return (path / GEMMA_SCOPE_2_WEIGHTS).is_file()
+
+
+def _load_gemma_scope_2(path: Path, opts: LoadOptions) -> SparseAutoencoder:
+    cfg = _read_json(path / GEMMA_SCOPE_2_CFG) if (path / GEMMA_SCOPE_2_CFG).is_file() else {}
+    arch = cfg.get("architecture", "jump_relu")
+    if arch not in ("jump_relu", "jumprelu"):
+        raise UserError(f"{path / GEMMA_SCOPE_2_CFG}: architecture {arch!r} is not supported",
+                        hint="Gemma Scope 2 SAEs are jump_relu")
+    tensors = TensorFile(path / GEMMA_SCOPE_2_WEIGHTS)
+    if "affine_skip_connection" in tensors.keys or cfg.get("hf_hook_point_out"):
+        raise UserError(f"{tensors.path}: this is a transcoder (it maps an MLP's input to its output), "
+                        "not a residual-stream SAE", hint="use a resid_post SAE")
+    keys = _pick_keys(tensors.keys, ("W_enc", "b_enc", "b_dec", "threshold")
+                      + (() if opts.encoder_only else ("W_dec",)), tensors.path)
+    keys.setdefault("W_dec", "w_dec")
+    fields = _jumprelu_fields_from_shapes(tensors, keys)
+    hook = cfg.get("hf_hook_point_in")
+    layer = layer_from_hook(hook) if hook else layer_from_path(path)
+    fields.update(layer=layer, model_name=cfg.get("model_name"),
+                  hook_name=hook or (f"model.layers.{layer}.output" if layer is not None else None))
+    return build_sae(fields, tensors, keys, opts, "gemma-scope-2")
+
+
+# -- EleutherAI sparsify: cfg.json + sae.safetensors ----------------------------------------------
+def _detect_sparsify(path: Path) -> bool:
+    return (path / SPARSIFY_CFG).is_file() and (path / SPARSIFY_WEIGHTS).is_file()
+
+
+def _load_sparsify(path: Path, opts: LoadOptions) -> SparseAutoencoder:
+    """encode = topk(relu(x - b_dec) @ encoder.weight.T + encoder.bias)); decode = acts @ W_dec + b_dec.
+    encoder.weight is [d_sae, d_in] (an nn.Linear) and is transposed; W_dec is already [d_sae, d_in]."""
+    cfg_file = path / SPARSIFY_CFG
+    cfg = _read_json(cfg_file)
+    activation = cfg.get("activation", "topk")
+    if activation != "topk":
+        raise UserError(f"{cfg_file}: sparsify activation {activation!r} is not supported", hint="only topk")
+    for flag, why in (("transcode", "a transcoder maps an MLP's input to its output"),
+                      ("skip_connection", "its W_skip term is not modelled")):
+        if cfg.get(flag):
+            raise UserError(f"{cfg_file}: {flag}=true is not supported ({why})")
+    d_in = cfg.get("d_in")
+    if not isinstance(d_in, int):
+        raise UserError(f"{cfg_file}: d_in must be an integer, found {d_in!r}")
+    # num_latents 0 (or absent) means d_in * expansion_factor, as sparsify builds it.
+    d_sae = cfg.get("num_latents") or d_in * int(cfg.get("expansion_factor", 32))
+    k = cfg.get("k", 32)
+    tensors = TensorFile(path / SPARSIFY_WEIGHTS)
+    keys = {"W_enc": "encoder.weight", "b_enc": "encoder.bias", "W_dec": "W_dec", "b_dec": "b_dec"}
+    layer = layer_from_path(path)
+    fields = {"architecture": "topk", "k": k, "d_in": d_in, "d_sae": d_sae, "apply_b_dec_to_input": True,
+              "layer": layer, "hook_name": path.name if layer is not None else None}
+    return build_sae(fields, tensors, keys, opts, "sparsify", transpose=("W_enc",))
 
 
 def save_saelens(sae: SparseAutoencoder, path: str | Path) -> Path:
@@ -185,12 +415,24 @@ def save_saelens(sae: SparseAutoencoder, path: str | Path) -> Path:
 # -- registry ----------------------------------------------------------------------------------
 FORMATS: list[Format] = [
     Format("saelens", _detect_saelens, _load_saelens),
+    Format("sparsify", _detect_sparsify, _load_sparsify),
+    Format("gemma-scope-2", _detect_gemma_scope_2, _load_gemma_scope_2),
+    Format("gemma-scope-v1", _detect_gemma_scope_v1, _load_gemma_scope_v1),
 ]
 
 
+def sae_directory(path: Path) -> Path:
+    """The SAE's directory: the path itself, or the folder of a weights file named directly."""
+    if path.is_file() and path.name in WEIGHT_FILES:
+        return path.parent
+    return path
+
+
 def detect_format(path: Path) -> Format:
+    """The format of one SAE directory, from file names alone (no weights are read)."""
     if not path.exists():
         raise UserError(f"SAE {path} does not exist")
+    path = sae_directory(path)
     for fmt in FORMATS:
         if fmt.detect(path):
             return fmt
@@ -203,6 +445,12 @@ def load_sae(path: str | Path, *, format: str = "auto", device: str = "cpu", dty
              encoder_only: bool = False, expect_d_in: int | None = None) -> SparseAutoencoder:
     """Load one SAE; ``expect_d_in`` (the model's d_model) is checked with a clear error."""
     path = Path(path).expanduser()
+    if path.is_dir() and not any(f.detect(path) for f in FORMATS):
+        from baldr_ops.sae.layered import is_layered
+
+        if is_layered(path):
+            raise UserError(f"{path} is a directory of per-layer SAEs, not one SAE",
+                            hint="open it with baldr_ops.sae.layered.LayeredSAEs (the CLI: --sae DIR --layer L)")
     if format == "auto":
         fmt = detect_format(path)
     else:
@@ -210,7 +458,7 @@ def load_sae(path: str | Path, *, format: str = "auto", device: str = "cpu", dty
         if format not in by_name:
             raise UserError(f"unknown SAE format {format!r}", hint=f"choose one of: auto, {', '.join(by_name)}")
         fmt = by_name[format]
-    sae = fmt.load(path, LoadOptions(device=device, dtype=dtype, encoder_only=encoder_only))
+    sae = fmt.load(sae_directory(path), LoadOptions(device=device, dtype=dtype, encoder_only=encoder_only))
     if expect_d_in is not None and sae.d_in != expect_d_in:
         raise UserError(f"{path}: the SAE reads d_in {sae.d_in} but the model's d_model is {expect_d_in}",
                         hint="use an SAE trained on this model (and this layer)")
