@@ -9,6 +9,7 @@ touching the model's output.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -112,10 +113,17 @@ def feature_mask(sae: SparseAutoencoder, catalog: FeatureCatalog, layer: int, mi
 def top_active(sae: SparseAutoencoder, hidden: torch.Tensor, top_k: int,
                allowed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(activations, feature ids), [..., top_k], largest first; inactive slots have activation 0."""
+    c = sae.config
+    top_k = min(top_k, sae.d_sae)
+    if c.architecture == "topk" and top_k <= c.k and allowed is None and not c.rescale_acts_by_decoder_norm:
+        # The top few of a TopK SAE's k survivors are the top few pre-activations: skip building
+        # the dense [..., d_sae] code and ranking it twice.
+        values, ids = sae.pre_activations(hidden).topk(top_k, dim=-1)
+        return values.clamp_(min=0), ids
     acts = sae.encode(hidden)
     if allowed is not None:
         acts = acts.masked_fill(~allowed, 0.0)
-    return acts.topk(min(top_k, sae.d_sae), dim=-1)
+    return acts.topk(top_k, dim=-1)
 
 
 # -- reading -------------------------------------------------------------------------------------
@@ -160,6 +168,7 @@ class FeatureLog:
     """What `features_hook` saw: per forward call, (activations, ids) [batch, seq, top_k]."""
 
     calls: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    seconds: float = 0.0  # wall time spent inside the hook, all calls together
 
 
 @contextmanager
@@ -169,9 +178,11 @@ def features_hook(lm: LanguageModel, sae: SparseAutoencoder, layer: int, top_k: 
     log = FeatureLog()
 
     def read(hidden: torch.Tensor, _call: HookCall) -> None:
+        start = time.perf_counter()
         with torch.no_grad():
             values, ids = top_active(sae, hidden, top_k)
         log.calls.append((values, ids))
+        log.seconds += time.perf_counter() - start
 
     with edit_residual(lm, {layer: read}):
         yield log

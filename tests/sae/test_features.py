@@ -85,6 +85,20 @@ def test_hook_logs_the_same_features_and_leaves_logits_alone(smollm2, saes):
     values, ids = direct_top(smollm2, sae, layer, TEXT, 4)
     [(logged_values, logged_ids)] = log.calls
     assert torch.equal(logged_ids[0], ids) and torch.allclose(logged_values[0], values)
+    assert log.seconds > 0
+
+
+@pytest.mark.parametrize("top_k", [1, 5, 16, 40])
+def test_top_active_shortcut_equals_dense_ranking(top_k):
+    from baldr_ops.sae.features import top_active
+
+    sae = demo_sae()
+    hidden = torch.randn(2, 9, D_MODEL, generator=torch.Generator().manual_seed(3)) * 3
+    values, ids = top_active(sae, hidden, top_k)
+    dense_values, dense_ids = sae.encode(hidden).topk(top_k, dim=-1)
+    torch.testing.assert_close(values, dense_values, atol=1e-5, rtol=0)
+    live = dense_values > 0  # where nothing fires, which zero comes first is arbitrary
+    assert torch.equal(ids[live], dense_ids[live])
 
 
 def test_min_tier_considers_only_confident_features(smollm2, saes):
