@@ -1,0 +1,98 @@
+"""Settings of the memory: how each layer recalls and nudges, and how strict the write-time screens are.
+
+Defaults were chosen on SmolLM2-135M-Instruct at layer 13 (docs/memory.md explains each) and are
+deliberately conservative: a nudge never moves a token's residual by more than `clip` of its norm.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from baldr_ops.errors import UserError
+
+DEFAULT_DEPTH = 0.45  # CAA-style middle layer (~40-45 % depth), used when no SAE layer profile is given
+PROFILE_ENV = "BALDR_SAE_PROFILE"
+# Keys a saved SAE layer profile may name its recommended layer under (first found wins).
+PROFILE_LAYER_KEYS = ("integration_layer", "recommended_layer", "default_layer", "layer")
+
+
+class LayerSettings(BaseModel):
+    """How one layer recalls and nudges.
+
+    weight of record i: w_i = min(weight_cap, strength * relu(r_i - threshold)) with r_i the cosine
+    between the pooled current state and the record's key ("relevance" gate), or
+    w_i = min(weight_cap, strength / top_k) for the top_k records whatever their relevance ("fixed",
+    for evaluation only); delta = sum_i w_i v_i, clipped per token to clip * ||h_token||.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    layer: int
+    strength: float = Field(4.0, ge=0.0)
+    threshold: float = Field(0.25, ge=-1.0, le=1.0)
+    top_k: int = Field(4, ge=1, le=256)
+    weight_cap: float = Field(1.0, ge=0.0)
+    clip: float = Field(0.5, ge=0.0, le=4.0)
+    gate: Literal["relevance", "fixed"] = "relevance"
+    # "prompt": recall once from the pooled prompt and keep that nudge for the whole generation;
+    # "running": recall again at every step from the mean of every token's state so far.
+    query: Literal["prompt", "running"] = "prompt"
+
+
+class ScreenSettings(BaseModel):
+    """Write-time screens against the layer's clean reference (see `screen`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    norm_z_max: float = Field(6.0, gt=0)
+    # The Mahalanobis limit is this factor times the largest distance a held-out clean reference
+    # vector reached in cross-validation (so the limit is calibrated per layer and model).
+    mahalanobis_factor: float = Field(1.5, gt=0)
+    # A vector keeping less than this factor times the smallest cross-validated fraction of its
+    # energy inside the reference span is off the clean subspace.
+    span_factor: float = Field(0.5, gt=0, le=1)
+    magnet_cosine: float = Field(0.3, gt=-1, lt=1)
+    magnet_fraction: float = Field(0.25, gt=0, le=1)
+    near_duplicate_cosine: float = Field(0.98, gt=0, le=1)
+    max_near_duplicates: int = Field(3, ge=0)
+
+
+def default_layer(n_layers: int, weights_sha256: str | None = None, profile: str | os.PathLike | None = None,
+                  env: dict | None = None) -> tuple[int, str]:
+    """The layer to use when none is given, and where it came from.
+
+    Lookup: ``profile`` (a saved SAE layer profile JSON), else the file named by $BALDR_SAE_PROFILE,
+    else ``round(0.45 * n_layers)``. A profile names its layer under one of `PROFILE_LAYER_KEYS`
+    (top level or under "profile"); one that records another model's ``weights_sha256`` is refused.
+    """
+    env = os.environ if env is None else env
+    path = profile or env.get(PROFILE_ENV)
+    if not path:
+        return min(n_layers - 1, round(DEFAULT_DEPTH * n_layers)), f"{DEFAULT_DEPTH:.0%} depth (no SAE layer profile)"
+    path = Path(path).expanduser()
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read the SAE layer profile {path}: {exc}",
+                        hint="give --layer, or a JSON profile saved by 'baldr-ops sae profile'") from exc
+    blocks = [data, data.get("profile", {})] if isinstance(data, dict) else []
+    for block in blocks:
+        if not isinstance(block, dict):
+            continue
+        recorded = block.get("weights_sha256")
+        if weights_sha256 and recorded and recorded != weights_sha256:
+            raise UserError(f"the SAE layer profile {path} was made for another model (weights {recorded[:12]})",
+                            hint="give --layer, or a profile of this model")
+        for key in PROFILE_LAYER_KEYS:
+            value = block.get(key)
+            if isinstance(value, int) and not isinstance(value, bool):
+                if not 0 <= value < n_layers:
+                    raise UserError(f"the SAE layer profile {path} names layer {value}, outside 0..{n_layers - 1}")
+                return value, f"SAE layer profile {path} ({key})"
+    raise UserError(f"the SAE layer profile {path} names no layer",
+                    hint=f"expected an integer under one of: {', '.join(PROFILE_LAYER_KEYS)}")

@@ -1,0 +1,167 @@
+"""The evaluation's domains, written for this kit: what `baldr-ops memory eval` stores and asks.
+
+Each domain has four memory texts (what is stored), a separate held-out text the domain's
+vocabulary is derived from by log-odds (so the vocabulary is never read off the memories), and
+queries of three kinds: neutral (no domain), mildly related and strongly related to one domain.
+`NEUTRAL_TEXT` is what the perplexity cost is measured on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Domain:
+    name: str
+    memories: tuple[str, ...]
+    heldout: tuple[str, ...]  # source of the domain vocabulary, disjoint from the memories
+
+
+@dataclass(frozen=True)
+class Query:
+    text: str
+    kind: str  # "neutral", "mild" or "strong"
+    domain: str | None  # the domain it relates to (None for neutral queries)
+
+
+DOMAINS: tuple[Domain, ...] = (
+    Domain(
+        name="cooking",
+        memories=(
+            "Brown the onions slowly in butter, then add garlic, a spoonful of flour and the stock, and let "
+            "the sauce simmer until it thickens.",
+            "For a good pastry, keep the butter cold, rub it into the flour quickly, and rest the dough in "
+            "the fridge before you roll it out.",
+            "Season the chicken with salt, pepper and lemon, roast it in a hot oven, and baste it with the "
+            "pan juices every twenty minutes.",
+            "A risotto needs hot stock added one ladle at a time, constant stirring, and a knob of butter "
+            "and grated parmesan at the end.",
+        ),
+        heldout=(
+            "Chop the carrots and celery, fry them in olive oil, and stir in the tomatoes.",
+            "Knead the bread dough for ten minutes, let it rise, then bake it until the crust is golden.",
+            "Whisk the eggs with sugar and vanilla, fold in the flour, and pour the batter into a tin.",
+            "Grill the fish with herbs, squeeze lemon over it, and serve it with boiled potatoes.",
+            "Simmer the soup gently, taste it, and add more salt, pepper or a pinch of spice.",
+            "Slice the mushrooms, saute them in a hot pan, and finish the dish with cream and parsley.",
+            "Marinate the beef overnight, sear it in a skillet, and let the meat rest before carving.",
+            "Boil the pasta in salted water, drain it, and toss it with the sauce and cheese.",
+            "The recipe calls for two cups of rice, a teaspoon of cumin, and a chopped chilli.",
+            "Preheat the oven, grease the baking tray, and roast the vegetables with garlic and thyme.",
+        ),
+    ),
+    Domain(
+        name="astronomy",
+        memories=(
+            "The telescope revealed Jupiter's four largest moons lined up beside the planet, with faint "
+            "bands of cloud across its disk.",
+            "A star more massive than the Sun ends its life in a supernova, leaving behind a neutron star "
+            "or a black hole.",
+            "The Andromeda galaxy is about two and a half million light years away and is slowly moving "
+            "towards our Milky Way.",
+            "During a total solar eclipse the Moon covers the Sun completely and the glowing corona becomes "
+            "visible around the dark disk.",
+        ),
+        heldout=(
+            "Astronomers measured the orbit of the comet as it passed close to the Sun.",
+            "The observatory recorded light from a distant quasar at the edge of the universe.",
+            "Saturn's rings are made of ice and rock that circle the planet in thin sheets.",
+            "A nebula is a cloud of gas and dust where new stars are born.",
+            "The spacecraft sent back images of craters on the surface of Mars.",
+            "Gravity holds the planets in orbit, and the solar system formed from a spinning disk.",
+            "On a clear night you can see the constellation Orion and the bright star Sirius.",
+            "Cosmic radiation and dark matter are studied with space telescopes and satellites.",
+            "An asteroid belt lies between the orbits of Mars and Jupiter.",
+            "The astronaut watched the Earth rise over the lunar horizon from orbit.",
+        ),
+    ),
+    Domain(
+        name="finance",
+        memories=(
+            "The central bank raised interest rates to slow inflation, and bond yields rose while share "
+            "prices fell.",
+            "A diversified portfolio spreads money across stocks, bonds and cash so that one loss does not "
+            "sink the whole investment.",
+            "The company reported higher quarterly revenue, but its profit margin shrank because of rising "
+            "costs and debt payments.",
+            "Paying off a high-interest credit card first saves more money than paying off a low-interest "
+            "loan.",
+        ),
+        heldout=(
+            "Investors sold their shares when the market dropped and moved into government bonds.",
+            "The bank approved the mortgage after checking her income, savings and credit history.",
+            "Analysts expect earnings to grow next year as the economy recovers.",
+            "The fund charges a fee of one percent of assets under management each year.",
+            "A budget tracks income and expenses so that you can save part of every salary.",
+            "The stock exchange closed higher after the report on employment and wages.",
+            "Taxes on dividends and capital gains reduce the return on an investment.",
+            "The currency weakened against the dollar as traders priced in lower rates.",
+            "The firm borrowed capital to expand, raising its debt and its interest costs.",
+            "An index fund buys every stock in the index and holds it for the long term.",
+        ),
+    ),
+    Domain(
+        name="music",
+        memories=(
+            "The orchestra tuned to the oboe's A before the conductor raised the baton for the symphony's "
+            "first movement.",
+            "She practised the piano sonata slowly, hands separately, until every scale and chord was "
+            "clean.",
+            "The band's drummer kept a steady beat while the bass guitar and the singer worked out the new "
+            "chorus.",
+            "A minor key often sounds sad, while a major chord progression gives a song a bright, hopeful "
+            "feeling.",
+        ),
+        heldout=(
+            "The choir sang the hymn in four-part harmony, and the organ played the melody.",
+            "He tuned his violin, rosined the bow, and played the opening bars of the concerto.",
+            "The jazz trumpet improvised a solo over the rhythm of the double bass.",
+            "The composer wrote an opera with arias for soprano and tenor.",
+            "The guitarist strummed the chords while the audience clapped along to the tune.",
+            "Her album topped the charts, and the single was played on every radio station.",
+            "The concert hall has excellent acoustics for chamber music and string quartets.",
+            "Learning to read sheet music means knowing notes, rests, tempo and rhythm.",
+            "The festival stage hosted rock bands, a folk singer and an electronic DJ.",
+            "The drummer and the pianist recorded the song in the studio in one take.",
+        ),
+    ),
+)
+
+QUERIES: tuple[Query, ...] = (
+    Query("The key to success is", "neutral", None),
+    Query("Yesterday afternoon I decided to", "neutral", None),
+    Query("The most interesting thing about it is", "neutral", None),
+    Query("My favourite way to spend a weekend is", "neutral", None),
+    Query("Before the guests arrived, she went into the kitchen and", "mild", "cooking"),
+    Query("To make the sauce taste better, add a little", "strong", "cooking"),
+    Query("The secret of a perfect roast dinner is", "strong", "cooking"),
+    Query("Late at night, he looked up at the sky and", "mild", "astronomy"),
+    Query("Through the telescope, the astronomers could see", "strong", "astronomy"),
+    Query("The light from that distant star", "strong", "astronomy"),
+    Query("At the end of the month, she looked at her account and", "mild", "finance"),
+    Query("When interest rates go up, investors usually", "strong", "finance"),
+    Query("The best way to grow your savings is", "strong", "finance"),
+    Query("When the lights went down in the hall, everyone", "mild", "music"),
+    Query("Before the concert, the violinist", "strong", "music"),
+    Query("The song starts with a slow melody and then", "strong", "music"),
+)
+
+NEUTRAL_TEXT: tuple[str, ...] = (
+    "The town sits at the bend of a wide river. Most people who live there work in the shops, the "
+    "school or the small hospital, and on Saturday mornings the main square fills with market stalls.",
+    "Last winter the roads were closed for several days after a heavy snowfall. Neighbours cleared "
+    "each other's paths, and the children spent the week building snowmen in the park.",
+    "The new library opened in the spring. It has a reading room on the top floor, a corner for "
+    "children's books, and a small garden where people sit outside when the weather is warm.",
+)
+
+
+def domains_fingerprint() -> str:
+    """sha256 over every text above, so a report names the exact evaluation set."""
+    payload = [[d.name, d.memories, d.heldout] for d in DOMAINS]
+    payload.append([[q.text, q.kind, q.domain] for q in QUERIES])
+    payload.append(list(NEUTRAL_TEXT))
+    return hashlib.sha256(json.dumps(payload).encode()).hexdigest()

@@ -1,0 +1,164 @@
+"""What a store's log holds, and how each entry is signed.
+
+Every line of a layer's log is one `Entry`: ``{"kind", "id", "body", "hmac"}``. The body is a plain
+JSON object; its id is the sha256 of its canonical bytes (sorted keys, no spaces), so an approval
+that names a record id names that record's exact content. The HMAC covers the store id, kind, id
+and body, so a record cannot be edited, moved to another store, or turned into another kind of entry
+without the operator's key. Vectors travel as base64 of little-endian float32, which round-trips
+bit-exactly.
+
+Kinds: ``reference`` (the layer's clean reference: centre, reference and probe vectors),
+``record`` (one memory), ``decision`` (approve or revoke a record; records are never rewritten).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from baldr_ops.memory.identity import ModelIdentity
+from baldr_ops.memory.keys import SigningKey
+
+Kind = Literal["reference", "record", "decision"]
+KEY_RULE = "mean of positions 1.. at the layer output, minus the reference centre (v1)"
+TRUSTED_ORIGINS = ("operator", "user")
+UNTRUSTED_ORIGINS = ("model", "tool", "web", "import")
+
+
+def canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def body_id(body: dict) -> str:
+    return hashlib.sha256(canonical(body)).hexdigest()[:24]
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# -- vectors -------------------------------------------------------------------------------------
+def encode_array(array) -> str:
+    return base64.b64encode(np.ascontiguousarray(np.asarray(array, dtype="<f4")).tobytes()).decode("ascii")
+
+
+def decode_array(text: str, shape: tuple[int, ...]) -> np.ndarray:
+    raw = base64.b64decode(text.encode("ascii"), validate=True)
+    array = np.frombuffer(raw, dtype="<f4")
+    if array.size != int(np.prod(shape)):
+        raise ValueError(f"vector has {array.size} values, expected shape {tuple(shape)}")
+    return array.reshape(shape).astype(np.float32)
+
+
+# -- bodies --------------------------------------------------------------------------------------
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ReferenceBody(_Body):
+    layer: int
+    corpus_sha256: str
+    created_at: str
+    d_model: int
+    n_reference: int
+    n_probes: int
+    centre: str  # [d_model]: mean pooled state of the reference texts; keys and values are measured from it
+    reference: str  # [n_reference, d_model]: the reference texts' pooled states, centred
+    probes: str  # [n_probes, d_model]: generic prompts' pooled states, centred (retrieval-magnet screen)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        d = self.d_model
+        return (decode_array(self.centre, (d,)), decode_array(self.reference, (self.n_reference, d)),
+                decode_array(self.probes, (self.n_probes, d)))
+
+
+class RecordBody(_Body):
+    layer: int
+    label: str | None = None
+    source_text: str  # kept so the key can be re-derived and checked (as sensitive as the text itself)
+    source_sha256: str
+    origin: str
+    created_at: str
+    model: ModelIdentity
+    reference_id: str
+    rule: str = KEY_RULE
+    d_model: int
+    key: str
+    value: str
+    screen: dict[str, Any] = Field(default_factory=dict)
+    flags: list[str] = Field(default_factory=list)  # failed screens or an untrusted origin: approval needs an override
+
+    def key_vector(self) -> np.ndarray:
+        return decode_array(self.key, (self.d_model,))
+
+    def value_vector(self) -> np.ndarray:
+        return decode_array(self.value, (self.d_model,))
+
+
+class DecisionBody(_Body):
+    record_id: str
+    decision: Literal["approve", "revoke"]
+    decided_at: str
+    override_flags: bool = False
+    note: str | None = None
+
+
+BODY_TYPES: dict[str, type[_Body]] = {"reference": ReferenceBody, "record": RecordBody, "decision": DecisionBody}
+
+
+# -- entries -------------------------------------------------------------------------------------
+def _message(store_id: str, kind: str, entry_id: str, body: dict) -> bytes:
+    return canonical({"store": store_id, "kind": kind, "id": entry_id, "body": body})
+
+
+def make_entry(store_id: str, kind: Kind, body: _Body, key: SigningKey) -> tuple[str, bytes]:
+    """The entry's id and its log line (one JSON object and a newline)."""
+    plain = body.model_dump(mode="json")
+    entry_id = body_id(plain)
+    line = canonical({"kind": kind, "id": entry_id, "body": plain,
+                      "hmac": key.sign(_message(store_id, kind, entry_id, plain))})
+    return entry_id, line + b"\n"
+
+
+class BadEntry(Exception):
+    """A log line that is not a valid entry; the reason says why (for `verify` and `list`)."""
+
+
+def parse_entry(store_id: str, line: bytes, key: SigningKey) -> tuple[str, str, _Body]:
+    """(kind, id, body) of a log line whose signature and content check out, else `BadEntry`."""
+    try:
+        raw = json.loads(line)
+        kind, entry_id, body, signature = raw["kind"], raw["id"], raw["body"], raw["hmac"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BadEntry(f"not a log entry ({type(exc).__name__})") from exc
+    if kind not in BODY_TYPES or not isinstance(body, dict):
+        raise BadEntry(f"unknown entry kind {kind!r}")
+    try:
+        message = _message(store_id, kind, entry_id, body)
+    except (TypeError, ValueError) as exc:  # e.g. NaN smuggled into the JSON
+        raise BadEntry(f"body is not canonical JSON ({exc})") from exc
+    if not key.verify(message, signature):
+        raise BadEntry("HMAC mismatch (modified, or signed with another key or for another store)")
+    if body_id(body) != entry_id:
+        raise BadEntry("id does not match the body")
+    try:
+        parsed = BODY_TYPES[kind].model_validate(body)
+        if isinstance(parsed, RecordBody):
+            for vector in (parsed.key_vector(), parsed.value_vector()):
+                if not np.isfinite(vector).all():
+                    raise ValueError("vector is not finite")
+        elif isinstance(parsed, ReferenceBody):
+            parsed.arrays()
+    except (ValueError, TypeError) as exc:
+        raise BadEntry(f"invalid {kind}: {str(exc).splitlines()[0]}") from exc
+    return kind, entry_id, parsed

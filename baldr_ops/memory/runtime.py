@@ -1,0 +1,126 @@
+"""Memory at generation time: a store's approved records loaded into per-layer recall, and sessions.
+
+`MemoryRuntime.load` opens nothing for writing. It takes, per configured layer, the records that
+verify (signature, id, finite vectors), are approved, were made with this store's model, and (with
+``rederive=True``) re-derive from their text; everything else is left out and listed in
+``excluded``. `session` wraps one generation: it checks the kill switch as it starts (the store's
+DISABLED flag or $BALDR_MEMORY_DISABLE), installs the hooks, and on exit appends the generation's
+audit entry.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from baldr_ops.errors import UserError
+from baldr_ops.memory.audit import AuditEntry, AuditLog, LayerAudit
+from baldr_ops.memory.config import LayerSettings
+from baldr_ops.memory.identity import identity_of, require_same_model
+from baldr_ops.memory.index import IndexFactory
+from baldr_ops.memory.nudge import NudgeSession
+from baldr_ops.memory.recall import LayerMemory
+from baldr_ops.memory.records import now, sha256_text
+from baldr_ops.memory.store import AUDIT, MemoryStore
+from baldr_ops.memory.verify import REDERIVE_TOLERANCE, rederive
+
+
+@dataclass
+class Exclusion:
+    layer: int
+    what: str  # a record id, or "file:line"
+    reason: str
+
+
+def memory_from_records(settings: LayerSettings, records, centre: np.ndarray,
+                        approximate: IndexFactory | None = None) -> LayerMemory:
+    ids = [r.id for r in records]
+    d = centre.shape[0]
+    keys = torch.from_numpy(np.stack([r.body.key_vector() for r in records])) if ids else torch.zeros(0, d)
+    values = torch.from_numpy(np.stack([r.body.value_vector() for r in records])) if ids else torch.zeros(0, d)
+    return LayerMemory(settings, ids, keys, values, torch.from_numpy(centre), approximate)
+
+
+class MemoryRuntime:
+    def __init__(self, lm, memories: dict[int, LayerMemory], store: MemoryStore | None = None,
+                 excluded: list[Exclusion] | None = None):
+        self.lm = lm
+        self.memories = memories
+        self.store = store
+        self.excluded = excluded or []
+        self.audit = AuditLog(store.directory / AUDIT, store.header.store_id, store.key) if store else None
+
+    @classmethod
+    def load(cls, store: MemoryStore, lm, settings: Sequence[LayerSettings], *, rederive_records: bool = False,
+             approximate: IndexFactory | None = None,
+             progress: Callable[[str], None] = lambda _: None) -> MemoryRuntime:
+        require_same_model(store.header.model, identity_of(lm), f"store {store.directory}")
+        memories, excluded = {}, []
+        for s in settings:
+            layer = lm.check_layer(s.layer)
+            state = store.read_layer(layer)
+            excluded += [Exclusion(layer, f"{p.file}:{p.line}", p.reason) for p in state.problems]
+            if state.reference is None:
+                raise UserError(f"store {store.directory} has no memories at layer {layer}",
+                                hint=f"layers with memories: {store.layers() or 'none'}; 'memory add --layer {layer}'")
+            records = []
+            for record in state.with_status("approved"):
+                if record.body.model.weights_sha256 != store.header.model.weights_sha256:
+                    excluded.append(Exclusion(layer, record.id, "made with another model"))
+                else:
+                    records.append(record)
+            if rederive_records and records:
+                progress(f"layer {layer}: re-deriving {len(records)} record(s)")
+                checks = {c.id: c for c in rederive(lm, state, records, REDERIVE_TOLERANCE, progress)}
+                failed = [r for r in records if not checks[r.id].ok]
+                excluded += [Exclusion(layer, r.id, f"re-derivation failed (relative error "
+                                                    f"{checks[r.id].key_error:.2e})") for r in failed]
+                records = [r for r in records if checks[r.id].ok]
+            memories[layer] = memory_from_records(s.model_copy(update={"layer": layer}), records,
+                                                  state.reference.arrays()[0], approximate)
+        return cls(lm, memories, store, excluded)
+
+    def disabled_reason(self) -> str | None:
+        return self.store.disabled_reason() if self.store else None
+
+    def session(self, prompt: str | None = None, prompt_mask: torch.Tensor | None = None,
+                layers: Sequence[int] | None = None) -> GenerationSession:
+        """Hooks for one generation. ``layers`` restricts them to some of the loaded layers."""
+        memories = self.memories if layers is None else {layer: self.memories[layer] for layer in layers}
+        return GenerationSession(self, memories, prompt, prompt_mask)
+
+
+class GenerationSession:
+    def __init__(self, runtime: MemoryRuntime, memories: dict[int, LayerMemory], prompt: str | None,
+                 prompt_mask: torch.Tensor | None):
+        self.runtime = runtime
+        self.memories = memories
+        self.prompt = prompt
+        self.prompt_mask = prompt_mask
+        self.entry: AuditEntry | None = None
+        self.nudge: NudgeSession | None = None
+
+    def __enter__(self) -> GenerationSession:
+        self.started_at = now()
+        self.nudge = NudgeSession(self.runtime.lm, self.memories, self.prompt_mask, self.runtime.disabled_reason())
+        self.nudge.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.nudge.__exit__(*exc)
+        layers = [LayerAudit.from_trace(self.nudge.hooks[layer].trace, self.memories[layer])
+                  for layer in sorted(self.nudge.hooks)]
+        self.entry = AuditEntry(generation_id=uuid.uuid4().hex, started_at=self.started_at, finished_at=now(),
+                                prompt_sha256=sha256_text(self.prompt) if self.prompt is not None else None,
+                                disabled=self.nudge.disabled_reason, layers=layers)
+        if self.runtime.audit is not None:
+            self.runtime.audit.append(self.entry)
+
+    @property
+    def recalls(self) -> dict:
+        """The last recall of each layer (None where nothing was recalled yet)."""
+        return {layer: hook.last_recall for layer, hook in self.nudge.hooks.items()}

@@ -1,0 +1,195 @@
+"""The only way records enter a store: operator-given text (or vectors), screened, signed, quarantined.
+
+Policy, enforced here and nowhere weakened downstream:
+
+* origins "operator" and "user" are accepted; "model", "tool", "web" and "import" (text or vectors
+  that came out of a model or a tool) are refused unless the caller passes
+  ``allow_untrusted_origin=True``, and even then the record carries an ``untrusted-origin`` flag, so
+  it cannot be approved without ``--override-flags``. Nothing in the generation path imports this
+  module: the model's own output never writes memory;
+* a batch is checked completely before anything is written: a non-finite vector, a flagged record
+  (unless ``keep_flagged``) or a bad origin writes nothing, so a failed add leaves the store as it was;
+* every new record is quarantined: recall uses only approved records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from baldr_ops.errors import UserError
+from baldr_ops.memory import corpus
+from baldr_ops.memory.config import ScreenSettings
+from baldr_ops.memory.derive import pooled
+from baldr_ops.memory.identity import ModelIdentity, identity_of
+from baldr_ops.memory.records import (
+    TRUSTED_ORIGINS,
+    UNTRUSTED_ORIGINS,
+    RecordBody,
+    ReferenceBody,
+    encode_array,
+    now,
+    sha256_text,
+)
+from baldr_ops.memory.screen import ReferenceScreen
+from baldr_ops.memory.store import LayerState, MemoryStore
+
+UNTRUSTED_FLAG = "untrusted-origin"
+
+
+class AddedRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None  # None when skipped
+    layer: int
+    text: str
+    status: str  # "quarantined" or "skipped"
+    flags: list[str] = []
+    reason: str | None = None
+
+
+@dataclass
+class Candidate:
+    layer: int
+    text: str
+    key: np.ndarray
+    value: np.ndarray
+    body: RecordBody | None = None
+    skip_reason: str | None = None
+
+
+def check_origin(origin: str, allow_untrusted_origin: bool) -> list[str]:
+    """The flags an origin puts on a record, or a refusal."""
+    if origin in TRUSTED_ORIGINS:
+        return []
+    if origin in UNTRUSTED_ORIGINS:
+        if not allow_untrusted_origin:
+            raise UserError(f"refusing to store memory of origin {origin!r}: model and tool output is never "
+                            f"written to memory", hint="only operator-given text is stored; --allow-untrusted-origin "
+                                                       "stores it flagged, and approval then needs --override-flags")
+        return [UNTRUSTED_FLAG]
+    raise UserError(f"unknown origin {origin!r}", hint=f"one of: {', '.join(TRUSTED_ORIGINS + UNTRUSTED_ORIGINS)}")
+
+
+def ensure_reference(store: MemoryStore, lm, layer: int,
+                     progress: Callable[[str], None] = lambda _: None) -> LayerState:
+    """The layer's state, with its reference entry written first if the layer is new."""
+    state = store.read_layer(layer)
+    if state.reference is not None:
+        return state
+    if state.records:
+        raise UserError(f"layer {layer} of {store.directory} has records but its reference entry is missing or "
+                        f"corrupt", hint="'baldr-ops memory verify' shows the damaged line")
+    progress(f"layer {layer}: measuring the clean reference ({len(corpus.REFERENCE_TEXTS)} texts, "
+             f"{len(corpus.PROBE_QUERIES)} probes)")
+    states = pooled(lm, list(corpus.REFERENCE_TEXTS) + list(corpus.PROBE_QUERIES), [layer])[layer].numpy()
+    ref, probes = states[:len(corpus.REFERENCE_TEXTS)], states[len(corpus.REFERENCE_TEXTS):]
+    centre = ref.mean(axis=0)
+    body = ReferenceBody(layer=layer, corpus_sha256=corpus.corpus_fingerprint(), created_at=now(),
+                         d_model=int(ref.shape[1]), n_reference=len(ref), n_probes=len(probes),
+                         centre=encode_array(centre), reference=encode_array(ref - centre),
+                         probes=encode_array(probes - centre))
+    store.append(layer, [("reference", body)])
+    return store.read_layer(layer)
+
+
+def screen_for(state: LayerState, settings: ScreenSettings | None = None) -> ReferenceScreen:
+    _, reference, probes = state.reference.arrays()
+    return ReferenceScreen(reference, probes, settings)
+
+
+def _prepare(store: MemoryStore, state: LayerState, candidates: list[Candidate], origin: str, label: str | None,
+             origin_flags: list[str], model: ModelIdentity, settings: ScreenSettings | None) -> None:
+    """Screen each candidate against the layer's reference and records; fill in its body or skip reason."""
+    screen = screen_for(state, settings)
+    live = [r for r in state.records.values() if r.status != "revoked"]
+    by_source = {r.body.source_sha256: r.id for r in live}
+    keys = [r.body.key_vector() for r in live]
+    for c in candidates:
+        digest = sha256_text(c.text)
+        if digest in by_source:
+            c.skip_reason = f"already stored as {by_source[digest]}"
+            continue
+        report = screen.screen(c.key, c.value, np.stack(keys) if keys else None)
+        finite = report.finite
+        c.body = RecordBody(layer=c.layer, label=label, source_text=c.text, source_sha256=digest, origin=origin,
+                            created_at=now(), model=model, reference_id=state.reference_id,
+                            d_model=int(c.key.shape[0]),
+                            key=encode_array(c.key) if finite else "", value=encode_array(c.value) if finite else "",
+                            screen=report.model_dump(mode="json"), flags=report.flags + origin_flags)
+        by_source[digest] = "(this batch)"
+        if finite:
+            keys.append(c.key)
+
+
+def _write(store: MemoryStore, candidates: list[Candidate], keep_flagged: bool) -> list[AddedRecord]:
+    bad = [c for c in candidates if c.body is not None and any(f.endswith("not-finite") for f in c.body.flags)]
+    if bad:
+        raise UserError(f"refusing a non-finite vector (NaN or infinity) for {bad[0].text[:60]!r} at layer "
+                        f"{bad[0].layer}; nothing was written")
+    flagged = [c for c in candidates if c.body is not None and set(c.body.flags) - {UNTRUSTED_FLAG}]
+    if flagged and not keep_flagged:
+        first = flagged[0]
+        raise UserError(f"{len(flagged)} of {len(candidates)} memories failed the write-time screens, e.g. "
+                        f"{first.text[:60]!r} at layer {first.layer}: {', '.join(first.body.flags)}; nothing was written",
+                        hint="--keep-flagged stores them quarantined and flagged, for review")
+    out = []
+    for layer in sorted({c.layer for c in candidates}):
+        todo = [c for c in candidates if c.layer == layer and c.body is not None]
+        ids = store.append(layer, [("record", c.body) for c in todo]) if todo else []
+        written = dict(zip(map(id, todo), ids, strict=True))
+        for c in (c for c in candidates if c.layer == layer):
+            if c.body is None:
+                out.append(AddedRecord(id=None, layer=layer, text=c.text, status="skipped", reason=c.skip_reason))
+            else:
+                out.append(AddedRecord(id=written[id(c)], layer=layer, text=c.text, status="quarantined",
+                                       flags=c.body.flags))
+    return out
+
+
+def add_texts(store: MemoryStore, lm, texts: Sequence[str], layers: Sequence[int], *, origin: str = "operator",
+              label: str | None = None, allow_untrusted_origin: bool = False, keep_flagged: bool = False,
+              screen_settings: ScreenSettings | None = None,
+              progress: Callable[[str], None] = lambda _: None) -> list[AddedRecord]:
+    """Capture each text's key and value at each layer and append them, quarantined."""
+    origin_flags = check_origin(origin, allow_untrusted_origin)
+    texts = [t.strip() for t in texts if t.strip()]
+    if not texts:
+        raise UserError("no memory text given", hint="give texts as arguments or --file FILE (one per line)")
+    layers = sorted({lm.check_layer(layer) for layer in layers})
+    model = identity_of(lm)
+    states = {layer: ensure_reference(store, lm, layer, progress) for layer in layers}
+    progress(f"capturing {len(texts)} text(s) at layer(s) {', '.join(map(str, layers))}")
+    vectors = pooled(lm, texts, layers, progress=progress)
+    candidates = []
+    for layer in layers:
+        centre = states[layer].reference.arrays()[0]
+        layer_candidates = []
+        for text, state in zip(texts, vectors[layer].numpy(), strict=True):
+            vector = (state - centre).astype(np.float32)
+            layer_candidates.append(Candidate(layer, text, vector, vector.copy()))
+        _prepare(store, states[layer], layer_candidates, origin, label, origin_flags, model, screen_settings)
+        candidates += layer_candidates
+    return _write(store, candidates, keep_flagged)
+
+
+def add_vectors(store: MemoryStore, model: ModelIdentity, layer: int, key: np.ndarray, value: np.ndarray,
+                source_text: str, *, origin: str = "import", label: str | None = None,
+                allow_untrusted_origin: bool = False, keep_flagged: bool = False,
+                screen_settings: ScreenSettings | None = None) -> AddedRecord:
+    """Store vectors computed elsewhere (already centred at ``layer``) for ``source_text``. The same
+    screens apply; `verify --rederive` later checks the vectors really come from the text."""
+    origin_flags = check_origin(origin, allow_untrusted_origin)
+    state = store.read_layer(layer)
+    if state.reference is None:
+        raise UserError(f"layer {layer} of {store.directory} has no reference yet",
+                        hint="add one text at that layer first ('memory add --layer ...')")
+    key, value = (np.asarray(v, dtype=np.float32).reshape(-1) for v in (key, value))
+    if key.shape != (model.d_model,) or value.shape != (model.d_model,):
+        raise UserError(f"vectors must have {model.d_model} values, got {key.size} and {value.size}")
+    candidate = Candidate(layer, source_text.strip(), key, value)
+    _prepare(store, state, [candidate], origin, label, origin_flags, model, screen_settings)
+    return _write(store, [candidate], keep_flagged)[0]
