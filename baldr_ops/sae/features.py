@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from baldr_ops.errors import UserError
 from baldr_ops.research.hooks import HookCall, edit_residual, residuals
 from baldr_ops.research.models import LanguageModel
-from baldr_ops.sae.formats import load_sae, reads_residual_stream
+from baldr_ops.sae.formats import detect_format, load_sae, reads_residual_stream
 from baldr_ops.sae.layered import LayeredSAEs, is_layered
 from baldr_ops.sae.metadata import FeatureCatalog, check_tier
 from baldr_ops.sae.model import SparseAutoencoder
@@ -68,6 +68,22 @@ class FeaturesReport(Document):
 
 
 # -- choosing the SAE -----------------------------------------------------------------------------
+def preflight_sae(sae_path: str | Path, layer: int | None, *, variant: str | None = None,
+                  format: str = "auto") -> None:
+    """The checks that need no model and no weights (file names only), so a bad --sae/--layer fails
+    before a model that takes minutes to load is loaded."""
+    path = Path(sae_path).expanduser()
+    if is_layered(path):
+        saes = LayeredSAEs(path, variant=variant)
+        if layer is None:
+            raise UserError(f"{path} holds SAEs for several layers; pick one with --layer",
+                            hint=f"layers present: {', '.join(map(str, saes.layers))}")
+        if layer >= 0:  # a negative layer needs the model's depth
+            saes.entry(layer)
+    elif format == "auto":
+        detect_format(path)
+
+
 def open_sae_for_layer(lm: LanguageModel, sae_path: str | Path, layer: int | None = None, *,
                        encoder_only: bool = True, variant: str | None = None, format: str = "auto",
                        dtype: torch.dtype | None = None) -> tuple[SparseAutoencoder, int]:

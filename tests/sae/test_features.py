@@ -206,6 +206,20 @@ def test_bad_input_exits_2_in_one_line(saes, cli, monkeypatch, argv, message):
     assert all(ln.startswith(("baldr-ops: error:", "  hint:", "  loading", "  SAE")) for ln in lines), err
 
 
+@pytest.mark.parametrize("argv", [["--sae", "layered"], ["--sae", "layered", "--layer", "7"],
+                                  ["--sae", "missing"], ["--sae", "one", "--labels", "missing.json"]])
+def test_sae_and_label_errors_come_before_the_model_loads(saes, monkeypatch, capsys, argv):
+    import baldr_ops.cli.sae.features as command
+
+    def no_model(args):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(command, "load_model_from_args", no_model)
+    monkeypatch.chdir(saes)
+    assert main(["sae", "features", *argv, TEXT]) == 2
+    assert "baldr-ops: error:" in capsys.readouterr().err
+
+
 def test_help_explains_every_option(capsys):
     with pytest.raises(SystemExit):
         main(["sae", "features", "--help"])

@@ -80,13 +80,16 @@ def run(args) -> int:
         raise UserError(f"--top-k must be at least 1, got {args.top_k}")
     if args.min_tier and not args.labels:
         raise UserError("--min-tier needs feature labels", hint="pass --labels FILE_OR_DIR")
+    from baldr_ops.sae.features import FeaturesReport, open_sae_for_layer, preflight_sae, read_features
+
+    # Everything that can fail without the model fails before it is loaded (minutes for a 31B).
+    preflight_sae(args.sae, args.layer, variant=args.variant, format=args.sae_format)
     catalog = None
     if args.labels:
         from baldr_ops.sae.metadata import FeatureCatalog
 
-        catalog = FeatureCatalog.load(args.labels)  # before the model: bad metadata fails fast
+        catalog = FeatureCatalog.load(args.labels)
     lm = load_model_from_args(args)
-    from baldr_ops.sae.features import FeaturesReport, open_sae_for_layer, read_features
 
     sae, layer = open_sae_for_layer(lm, args.sae, args.layer, encoder_only=args.encoder_only,
                                     variant=args.variant, format=args.sae_format)
