@@ -313,6 +313,9 @@ def _jumprelu_fields_from_shapes(tensors: TensorFile | NpzFile, keys: dict[str, 
     return {"architecture": "jumprelu", "d_in": d_in, "d_sae": d_sae, "apply_b_dec_to_input": False}
 
 
+_GEMMA_SCOPE_RELEASE = re.compile(r"gemma-scope-[\w.-]*?-(res|mlp|att)(?:-|$)")
+
+
 def _load_gemma_scope_v1(path: Path, opts: LoadOptions) -> SparseAutoencoder:
     tensors = NpzFile(path / GEMMA_SCOPE_V1_WEIGHTS)
     keys = _pick_keys(tensors.keys, ("W_enc", "b_enc", "b_dec", "threshold")
@@ -322,9 +325,15 @@ def _load_gemma_scope_v1(path: Path, opts: LoadOptions) -> SparseAutoencoder:
         scale = tensors.get("scaling_factor", opts)
         if not torch.allclose(scale, torch.ones_like(scale)):
             raise UserError(f"{tensors.path}: a scaling_factor other than 1 is not supported")
+    if "embedding" in path.parts:
+        raise UserError(f"{path}: a Gemma Scope embedding SAE reads the token embeddings, not a layer's output",
+                        hint="use a layer_L SAE")
     fields = _jumprelu_fields_from_shapes(tensors, keys)
     layer = layer_from_path(path)
-    fields.update(layer=layer, hook_name=f"blocks.{layer}.hook_resid_post" if layer is not None else None)
+    # The release name says what it reads: gemma-scope-2b-pt-res / -mlp / -att (-canonical, ...).
+    site = next((m.group(1) for part in path.parts if (m := _GEMMA_SCOPE_RELEASE.search(part))), "res")
+    hook = {"res": "hook_resid_post", "mlp": "hook_mlp_out", "att": "attn.hook_z"}[site]
+    fields.update(layer=layer, hook_name=f"blocks.{layer}.{hook}" if layer is not None else None)
     return build_sae(fields, tensors, keys, opts, "gemma-scope-v1")
 
 

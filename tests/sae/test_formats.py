@@ -68,6 +68,19 @@ def test_gemma_scope_v1_npz(tmp_path, compressed):
     assert torch.equal(load_sae(folder / "params.npz").W_enc, sae.W_enc)
 
 
+def test_gemma_scope_v1_release_names(tmp_path):
+    folder, _ = write_gemma_scope_v1(tmp_path / "gemma-scope-2b-pt-mlp-canonical", layer=4)
+    hook = load_sae(folder).config.hook_name
+    assert hook == "blocks.4.hook_mlp_out" and reads_residual_stream(hook) is False
+    folder, _ = write_gemma_scope_v1(tmp_path / "gemma-scope-9b-it-res", layer=4)
+    assert load_sae(folder).config.hook_name == "blocks.4.hook_resid_post"
+    emb = tmp_path / "gemma-scope-2b-pt-res" / "embedding" / "width_4k" / "average_l0_111"
+    emb.parent.mkdir(parents=True)
+    (folder).rename(emb)
+    with pytest.raises(UserError, match="embedding SAE reads the token embeddings"):
+        load_sae(emb)
+
+
 @pytest.mark.parametrize("config", [True, False])
 def test_gemma_scope_2_safetensors(tmp_path, config):
     folder, arrays = write_gemma_scope_2(tmp_path / "resid_post" / "layer_7_width_16k_l0_small", layer=7,
