@@ -358,8 +358,11 @@ def _load_gemma_scope_2(path: Path, opts: LoadOptions) -> SparseAutoencoder:
     fields = _jumprelu_fields_from_shapes(tensors, keys)
     hook = cfg.get("hf_hook_point_in")
     layer = layer_from_hook(hook) if hook else layer_from_path(path)
-    fields.update(layer=layer, model_name=cfg.get("model_name"),
-                  hook_name=hook or (f"model.layers.{layer}.output" if layer is not None else None))
+    if not hook and layer is not None:
+        # No config.json: the release's folder says the site (resid_post/, mlp_out/, attn_out/).
+        site = next((p for p in path.parts if p in ("mlp_out", "attn_out")), None)
+        hook = f"blocks.{layer}.hook_{site}" if site else f"model.layers.{layer}.output"
+    fields.update(layer=layer, model_name=cfg.get("model_name"), hook_name=hook)
     return build_sae(fields, tensors, keys, opts, "gemma-scope-2")
 
 

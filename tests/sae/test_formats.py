@@ -92,6 +92,9 @@ def test_gemma_scope_2_safetensors(tmp_path, config):
     assert c.hook_name == "model.layers.7.output"
     assert c.model_name == ("gemma-v3-270m-pt" if config else None)
     _check_jumprelu(sae, arrays, subtract_b_dec=False)
+    if not config:
+        mlp, _ = write_gemma_scope_2(tmp_path / "mlp_out" / "layer_7_width_16k_l0_small", config=False)
+        assert reads_residual_stream(load_sae(mlp).config.hook_name) is False
 
 
 @pytest.mark.parametrize("num_latents", [0, 80])
