@@ -73,7 +73,7 @@ def default_layer(n_layers: int, weights_sha256: str | None = None, profile: str
     env = os.environ if env is None else env
     path = profile or env.get(PROFILE_ENV)
     if not path:
-        return min(n_layers - 1, round(DEFAULT_DEPTH * n_layers)), f"{DEFAULT_DEPTH:.0%} depth (no SAE layer profile)"
+        return min(n_layers - 1, int(DEFAULT_DEPTH * n_layers)), f"{DEFAULT_DEPTH:.0%} depth (no SAE layer profile)"
     path = Path(path).expanduser()
     try:
         data = json.loads(path.read_text())

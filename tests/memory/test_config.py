@@ -1,0 +1,43 @@
+"""Default layer: from a saved SAE layer profile when there is one, else ~45 % depth."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from baldr_ops.errors import UserError
+from baldr_ops.memory.config import PROFILE_ENV, default_layer
+
+pytestmark = pytest.mark.research
+
+
+def test_without_a_profile_45_percent_depth():
+    assert default_layer(30, env={}) == (13, "45% depth (no SAE layer profile)")
+    assert default_layer(1, env={})[0] == 0
+
+
+def test_profile_file_and_env(tmp_path):
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps({"weights_sha256": "abc", "integration_layer": 11}))
+    assert default_layer(30, "abc", path, env={})[0] == 11
+    assert default_layer(30, "abc", env={PROFILE_ENV: str(path)})[0] == 11
+    nested = tmp_path / "nested.json"
+    nested.write_text(json.dumps({"profile": {"recommended_layer": 9}}))
+    layer, source = default_layer(30, "abc", nested, env={})
+    assert layer == 9 and "recommended_layer" in source
+
+
+@pytest.mark.parametrize("content, message", [
+    ({"weights_sha256": "other", "layer": 3}, "another model"),
+    ({"layer": 99}, "outside"),
+    ({"nothing": 1}, "names no layer"),
+])
+def test_bad_profiles_are_clear_errors(tmp_path, content, message):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(UserError, match=message):
+        default_layer(30, "abc", path, env={})
+    path.write_text("{broken")
+    with pytest.raises(UserError, match="cannot read"):
+        default_layer(30, "abc", path, env={})

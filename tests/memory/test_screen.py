@@ -1,0 +1,61 @@
+"""Write-time screen maths (without a model): the Gram-matrix Ledoit-Wolf distance equals the
+textbook d x d computation, limits come from cross-validation, and each screen flags its case."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from baldr_ops.memory.screen import ReferenceScreen, _Whitener
+
+pytestmark = pytest.mark.research
+
+
+def _ledoit_wolf_full(x):
+    n, d = x.shape
+    s = x.T @ x / n
+    mu = np.trace(s) / d
+    delta2 = np.sum((s - mu * np.eye(d)) ** 2) / d
+    beta2 = sum(np.sum((np.outer(r, r) - s) ** 2) for r in x) / (n * n * d)
+    shrink = min(1.0, beta2 / delta2)
+    return shrink * mu * np.eye(d) + (1 - shrink) * s
+
+
+@pytest.mark.parametrize("n, d", [(12, 30), (40, 20)])
+def test_gram_route_equals_full_ledoit_wolf(n, d):
+    rng = np.random.default_rng(n)
+    rows = rng.standard_normal((n, d)) * np.linspace(0.2, 3, d)
+    x = rng.standard_normal((5, d))
+    cov = _ledoit_wolf_full(rows - rows.mean(0))
+    z = x - rows.mean(0)
+    expected = np.sqrt(np.einsum("bi,ij,bj->b", z, np.linalg.inv(cov), z))
+    np.testing.assert_allclose(_Whitener(rows).distance(x), expected, rtol=1e-6)
+
+
+def _low_rank(n, basis, seed):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, basis.shape[0])) * 5 @ basis + 0.1 * rng.standard_normal((n, basis.shape[1]))
+
+
+@pytest.mark.parametrize("d", [64, 256])  # reference span full (n > d) or partial (n < d)
+def test_each_screen_flags_its_case(d):
+    rng = np.random.default_rng(d)
+    basis = np.linalg.qr(rng.standard_normal((d, 6)))[0].T
+    ref = _low_rank(96, basis, 0)
+    probes = rng.standard_normal((10, d)) + 2 * rng.standard_normal(d)  # generic prompts share a direction
+    screen = ReferenceScreen(ref - ref.mean(0), probes)
+    clean = _low_rank(40, basis, 1)
+    assert np.mean([not screen.screen(v, v).flags for v in clean]) >= 0.95, [screen.screen(v, v).flags for v in clean]
+    typical = np.linalg.norm(clean, axis=1).mean()
+    assert {"key-norm-outlier", "key-mahalanobis-outlier"} <= set(screen.screen(clean[0] * 1000, clean[0]).flags)
+    off = rng.standard_normal(d)
+    off *= typical / np.linalg.norm(off)
+    assert {"key-mahalanobis-outlier", "key-off-subspace"} & set(screen.screen(off, off).flags)
+    magnet = probes.mean(0) / np.linalg.norm(probes.mean(0)) * typical
+    assert "retrieval-magnet" in screen.screen(magnet, magnet).flags
+    nan = clean[0].copy()
+    nan[3] = np.nan
+    report = screen.screen(nan, clean[0])
+    assert report.flags == ["key-not-finite"] and not report.finite
+    assert "near-duplicate-flood" in screen.screen(clean[1], clean[1], np.stack([clean[1]] * 4)).flags
+    assert screen.mahalanobis_limit == pytest.approx(1.5 * screen.cv_distances.max())
