@@ -1,0 +1,139 @@
+"""The nudge on SmolLM2 (criteria 3, 4, 15, 16): nothing recalled or memory off is bit-identical;
+the KV cache does not change greedy tokens; a 1000x poisoned memory moves no token by more than
+clip * ||h||; weights stay under the cap; the kill switch; the audit trail; generation never writes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from baldr_ops.memory.audit import AuditLog
+from baldr_ops.memory.config import LayerSettings
+from baldr_ops.memory.records import RecordBody, encode_array, now, sha256_text
+from baldr_ops.memory.runtime import MemoryRuntime
+from baldr_ops.memory.store import AUDIT, KILL_ENV, layer_file
+from baldr_ops.research import hooks
+
+pytestmark = pytest.mark.research
+
+FINANCE = "When interest rates go up, investors usually"
+NEUTRAL = ["The key to success is", "Yesterday afternoon I decided to"]
+
+
+def _runtime(store, lm, layer=13, **settings):
+    return MemoryRuntime.load(store, lm, [LayerSettings(layer=layer, **settings)])
+
+
+def _logits(lm, texts, runtime=None, layers=None):
+    inputs = lm.tokenize(texts)
+    with torch.no_grad():
+        if runtime is None:
+            return lm.model(**inputs).logits
+        with runtime.session(prompt_mask=inputs["attention_mask"], layers=layers) as session:
+            out = lm.model(**inputs).logits
+        return out, session.entry
+
+
+def test_nothing_above_threshold_is_bit_identical(store_copy, smollm2):
+    clean = _logits(smollm2, NEUTRAL + [FINANCE])
+    out, entry = _logits(smollm2, NEUTRAL + [FINANCE], _runtime(store_copy, smollm2, threshold=0.99))
+    assert torch.equal(out, clean)
+    assert entry.layers[0].recalls == 1 and not entry.influenced
+    # The default threshold recalls nothing for these neutral prompts either.
+    out, entry = _logits(smollm2, NEUTRAL, _runtime(store_copy, smollm2))
+    assert torch.equal(out, _logits(smollm2, NEUTRAL)) and not entry.influenced
+
+
+def test_relevant_prompt_is_nudged_and_audited(store_copy, smollm2):
+    runtime = _runtime(store_copy, smollm2)
+    out, entry = _logits(smollm2, [FINANCE], runtime)
+    assert not torch.equal(out, _logits(smollm2, [FINANCE]))
+    layer = entry.layers[0]
+    labels = {store_copy.find_record(r.id)[1].body.label for r in layer.records}
+    assert labels == {"finance"}
+    assert all(0 < r.weight <= 1.0 for r in layer.records) and layer.tokens_nudged > 0
+    assert 0 < layer.max_ratio <= 0.5 + 1e-3
+    logged, problems = AuditLog(store_copy.directory / AUDIT, store_copy.header.store_id, store_copy.key).read()
+    assert not problems and logged[-1].generation_id == entry.generation_id
+
+
+def test_kill_switch_and_empty_memory_are_bit_identical(store_copy, smollm2, monkeypatch):
+    clean = _logits(smollm2, [FINANCE])
+    runtime = _runtime(store_copy, smollm2)
+    store_copy.set_disabled(True)
+    out, entry = _logits(smollm2, [FINANCE], runtime)  # checked at session start, not at load
+    assert torch.equal(out, clean) and "kill switch" in entry.disabled and entry.layers == []
+    store_copy.set_disabled(False)
+    monkeypatch.setenv(KILL_ENV, "1")
+    out, entry = _logits(smollm2, [FINANCE], runtime)
+    assert torch.equal(out, clean) and KILL_ENV in entry.disabled
+    monkeypatch.delenv(KILL_ENV)
+    for rid in list(store_copy.read_layer(13).records):
+        store_copy.decide(rid, "revoke")
+    empty = _runtime(store_copy, smollm2)
+    assert empty.memories[13].size == 0
+    out, entry = _logits(smollm2, [FINANCE], empty)
+    assert torch.equal(out, clean)
+
+
+@pytest.mark.parametrize("query", ["prompt", "running"])
+def test_same_greedy_tokens_with_and_without_kv_cache(store_copy, smollm2, query):
+    runtime = _runtime(store_copy, smollm2, query=query, threshold=0.15)
+    inputs = smollm2.tokenize(FINANCE)
+    kwargs = dict(max_new_tokens=12, do_sample=False, pad_token_id=smollm2.tokenizer.pad_token_id)
+    outs, entries = {}, {}
+    for use_cache in (True, False):
+        with torch.no_grad(), runtime.session(prompt=FINANCE) as session:
+            outs[use_cache] = smollm2.model.generate(**inputs, use_cache=use_cache, **kwargs)
+        entries[use_cache] = session.entry
+    plain = smollm2.model.generate(**inputs, **kwargs)
+    assert torch.equal(outs[True], outs[False])
+    assert not torch.equal(outs[True], plain)
+    recalls = [entries[c].layers[0].recalls for c in (True, False)]
+    assert recalls == ([1, 1] if query == "prompt" else [12, 12])  # prefill, then one per later step
+    assert entries[True].layers[0].tokens_nudged == entries[False].layers[0].tokens_nudged
+
+
+def test_poisoned_memory_is_clipped_per_token(store_copy, smollm2):
+    """A 1000x-norm value signed into the store (an insider past the screens): every token still
+    moves by at most clip * ||h||, measured outside the hook, and the weight stays under the cap."""
+    state = store_copy.read_layer(13)
+    finance = next(r for r in state.records.values() if r.body.label == "finance")
+    key = finance.body.key_vector()
+    text = "poison " + finance.body.source_text
+    body = RecordBody(layer=13, label="poison", source_text=text, source_sha256=sha256_text(text), origin="operator",
+                      created_at=now(), model=finance.body.model, reference_id=state.reference_id, d_model=key.size,
+                      key=encode_array(key), value=encode_array(key * 1000), flags=["value-norm-outlier"])
+    (poison_id,) = store_copy.append(13, [("record", body)])
+    store_copy.decide(poison_id, "approve", override_flags=True)
+    clip, cap = 0.2, 0.5
+    runtime = _runtime(store_copy, smollm2, strength=1e6, clip=clip, weight_cap=cap)
+    inputs = smollm2.tokenize([FINANCE])
+    with torch.no_grad(), hooks.capture(smollm2, [13]) as before:
+        with runtime.session(prompt_mask=inputs["attention_mask"]) as session:
+            with hooks.capture(smollm2, [13]) as after:
+                smollm2.model(**inputs)
+    h, moved = before[13][0, 1:], (after[13] - before[13])[0, 1:]
+    ratio = moved.norm(dim=-1) / h.norm(dim=-1)
+    assert float(ratio.max()) <= clip * (1 + 1e-3)
+    assert float(ratio.min()) > 0.9 * clip  # the poison was there, and the clip is what held it
+    assert torch.equal(after[13][0, 0], before[13][0, 0])  # position 0 is never nudged
+    layer = session.entry.layers[0]
+    assert poison_id in {r.id for r in layer.records}
+    assert max(r.weight for r in layer.records) <= cap
+    assert layer.tokens_clipped == layer.tokens_nudged > 0
+
+
+def test_generation_never_writes_memory(store_copy, smollm2):
+    files = {layer: (store_copy.directory / layer_file(layer)).read_bytes() for layer in store_copy.layers()}
+    runtime = MemoryRuntime.load(store_copy, smollm2, [LayerSettings(layer=13), LayerSettings(layer=20)])
+    inputs = smollm2.tokenize(FINANCE)
+    with torch.no_grad(), runtime.session(prompt=FINANCE):
+        smollm2.model.generate(**inputs, max_new_tokens=4, do_sample=False, pad_token_id=smollm2.tokenizer.pad_token_id)
+    assert files == {layer: (store_copy.directory / layer_file(layer)).read_bytes() for layer in store_copy.layers()}
+    import baldr_ops.memory.nudge as nudge
+    import baldr_ops.memory.runtime as rt
+    for module in (nudge, rt):  # the generation path has no way to write records
+        assert "writer" not in module.__dict__ and not hasattr(module, "add_texts")
+    assert np.isfinite(runtime.memories[13].values.numpy()).all()
