@@ -21,11 +21,12 @@ import os
 import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Literal
-
-import torch
+from typing import TYPE_CHECKING, Literal
 
 from baldr_ops.errors import UserError
+
+if TYPE_CHECKING:  # torch is imported where used, so the CLI's --help can read the constants cheaply
+    import torch
 
 Split = Literal["train", "heldout"]
 HELDOUT_EVERY = 6  # on CPython 3.11: 14 of the 79 topics, ~6.5 k SmolLM2 tokens held out, ~51 k to train on
@@ -125,6 +126,10 @@ class TextSource:
         self.texts = texts
         self.separator = separator  # put between consecutive texts: "" for the pieces of one file
 
+    def has_text(self) -> bool:
+        """Whether there is any non-blank text (reads only up to the first non-blank piece)."""
+        return next(iter(self.texts()), None) is not None
+
 
 def text_source(spec: str | os.PathLike | None, split: Split = "heldout",
                 chunk_chars: int = DEFAULT_CHUNK_CHARS, opener: Opener = _open_text) -> TextSource:
@@ -185,6 +190,8 @@ def token_windows(tokenizer, texts: Iterable[str], seq_len: int, max_tokens: int
 def window_batches(windows: Iterable[list[int]], batch_size: int, pad_id: int,
                    device: str | torch.device = "cpu") -> Iterator[dict[str, torch.Tensor]]:
     """Right-padded batches: input_ids and attention_mask (1 on real tokens), [batch, longest]."""
+    import torch
+
     batch: list[list[int]] = []
 
     def emit() -> dict[str, torch.Tensor]:
@@ -224,6 +231,8 @@ def outlier_mask(hidden: torch.Tensor, valid: torch.Tensor, massive_factor: floa
     layer ~8 on). ``massive``: any other real token whose residual norm exceeds ``massive_factor``
     times the median norm of the batch's real, non-first tokens.
     """
+    import torch
+
     valid = valid.bool()
     first = torch.zeros_like(valid)
     first[:, 0] = valid[:, 0]
