@@ -1,0 +1,175 @@
+"""Writing and checking records on SmolLM2 (criteria 13, 14, 16): provenance, bit-exact reload, a
+modified record excluded from recall, re-derivation, screens against the clean reference, write
+policy, and bad input that leaves the store as it was."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from baldr_ops.errors import UserError
+from baldr_ops.memory.config import LayerSettings
+from baldr_ops.memory.derive import pooled
+from baldr_ops.memory.identity import identity_of
+from baldr_ops.memory.keys import ephemeral_key
+from baldr_ops.memory.records import RecordBody
+from baldr_ops.memory.runtime import MemoryRuntime
+from baldr_ops.memory.store import MemoryStore, layer_file
+from baldr_ops.memory.verify import verify_store
+from baldr_ops.memory.writer import UNTRUSTED_FLAG, add_texts, add_vectors, screen_for
+
+pytestmark = pytest.mark.research
+
+CLEAN = [line.strip() for line in (Path(__file__).parent / "data" / "clean_memories.txt").read_text().splitlines()
+         if line.strip()]
+# An attacker's own generic prompts (not the store's probes), for a MINJA-style magnet.
+ATTACKER_PROMPTS = ["Please tell me about", "I need some advice on", "Can you explain what", "What would you say about",
+                    "Help me understand", "Give me some information on", "I was wondering whether",
+                    "What is your view on", "Could you describe", "Tell me everything about"]
+
+
+def _snapshot(directory: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def test_provenance_and_signature(memory_store, smollm2):
+    directory, key = memory_store
+    store = MemoryStore.open(directory, key, identity_of(smollm2))
+    ident = identity_of(smollm2)
+    state = store.read_layer(13)
+    assert len(state.records) == 16 and not state.problems
+    body = next(iter(state.records.values())).body
+    assert body.source_sha256 == hashlib.sha256(body.source_text.encode()).hexdigest()
+    assert body.model.weights_sha256 == ident.weights_sha256 and body.model.dtype == "float32"
+    assert (body.layer, body.origin, body.d_model) == (13, "operator", 576) and body.created_at
+    line = json.loads((directory / layer_file(13)).read_text().splitlines()[1])
+    assert len(line["hmac"]) == 64 and line["id"] == next(iter(state.records))
+
+
+def test_reload_is_bit_exact(store_copy, smollm2):
+    rng = np.random.default_rng(0)
+    state = store_copy.read_layer(13)
+    base = next(iter(state.records.values())).body.key_vector()
+    vector = (base + rng.standard_normal(576).astype(np.float32) * 0.01).astype(np.float32)
+    added = add_vectors(store_copy, identity_of(smollm2), 13, vector, vector, "a nearby vector", origin="operator")
+    body = store_copy.read_layer(13).records[added.id].body
+    assert body.key_vector().tobytes() == vector.tobytes() and body.value_vector().tobytes() == vector.tobytes()
+
+
+def test_a_modified_record_is_excluded_from_recall(store_copy, smollm2):
+    path = store_copy.directory / layer_file(13)
+    lines = path.read_text().split("\n")
+    victim = json.loads(lines[3])
+    lines[3] = lines[3].replace('"label":"', '"label":"x', 1)
+    path.write_text("\n".join(lines))
+    runtime = MemoryRuntime.load(store_copy, smollm2, [LayerSettings(layer=13)])
+    assert runtime.memories[13].size == 15 and victim["id"] not in runtime.memories[13].record_ids
+    assert runtime.excluded[0].what == f"{layer_file(13)}:4" and "HMAC" in runtime.excluded[0].reason
+    assert [e.reason for e in runtime.excluded[1:]] == [f"decision for unknown record {victim['id']}"]
+    assert not verify_store(store_copy).ok
+
+
+def test_rederivation_matches_and_catches_a_substituted_vector(store_copy, smollm2):
+    report = verify_store(store_copy, smollm2, rederive_records=True)
+    checks = [c for layer in report.layers for c in layer.rederived]
+    assert len(checks) == 32 and all(c.ok for c in checks) and report.ok
+    assert max(c.key_error for c in checks) < 1e-4
+    # A validly signed record whose vectors come from another text (a compromised writer).
+    records = list(store_copy.read_layer(13).records.values())
+    victim, other = records[0].body, records[8].body
+    forged = RecordBody.model_validate({**victim.model_dump(), "key": other.key, "value": other.value,
+                                        "created_at": "2026-01-01T00:00:00+00:00"})
+    (forged_id,) = store_copy.append(13, [("record", forged)])
+    store_copy.decide(forged_id, "approve")
+    report = verify_store(store_copy, smollm2, rederive_records=True)
+    bad = [c for layer in report.layers for c in layer.rederived if not c.ok]
+    assert [c.id for c in bad] == [forged_id] and bad[0].key_error > 0.1 and not report.ok
+    runtime = MemoryRuntime.load(store_copy, smollm2, [LayerSettings(layer=13)], rederive_records=True)
+    assert forged_id not in runtime.memories[13].record_ids and runtime.memories[13].size == 16
+    assert any(e.what == forged_id and "re-derivation" in e.reason for e in runtime.excluded)
+
+
+def test_screens_against_the_clean_reference(store_copy, smollm2):
+    state = store_copy.read_layer(13)
+    screen = screen_for(state)
+    centre = state.reference.arrays()[0]
+    states = pooled(smollm2, CLEAN + ATTACKER_PROMPTS, [13])[13].numpy() - centre
+    clean, attacker = states[:len(CLEAN)], states[len(CLEAN):]
+    reports = [screen.screen(v, v) for v in clean]
+    accepted = np.mean([not r.flags for r in reports])
+    assert accepted >= 0.95, [(t, r.flags) for t, r in zip(CLEAN, reports, strict=True) if r.flags]
+    typical = float(np.linalg.norm(clean, axis=1).mean())
+    huge = screen.screen(clean[0] * 1000, clean[0] * 1000)
+    assert {"key-norm-outlier", "key-mahalanobis-outlier"} <= set(huge.flags)
+    limit = screen.settings.norm_z_max
+    assert huge.key.norm_z > limit and huge.key.mahalanobis > screen.mahalanobis_limit
+    direction = np.random.default_rng(1).standard_normal(576)
+    random = direction / np.linalg.norm(direction) * typical
+    assert "key-off-subspace" in screen.screen(random, random).flags
+    magnet = attacker.mean(axis=0)
+    magnet = magnet / np.linalg.norm(magnet) * typical
+    assert "retrieval-magnet" in screen.screen(magnet, magnet).flags
+
+
+def test_bad_vectors_are_refused_and_nothing_is_lost(store_copy, smollm2):
+    before = _snapshot(store_copy.directory)
+    ident = identity_of(smollm2)
+    nan = np.zeros(576, dtype=np.float32)
+    nan[7] = np.nan
+    with pytest.raises(UserError, match="non-finite"):
+        add_vectors(store_copy, ident, 13, nan, nan, "nan", origin="operator")
+    huge = next(iter(store_copy.read_layer(13).records.values())).body.key_vector() * 1000
+    with pytest.raises(UserError, match="failed the write-time screens"):
+        add_vectors(store_copy, ident, 13, huge, huge, "huge", origin="operator")
+    with pytest.raises(UserError, match="576 values"):
+        add_vectors(store_copy, ident, 13, np.ones(5), np.ones(5), "short", origin="operator")
+    with pytest.raises(UserError, match="no reference"):
+        add_vectors(store_copy, ident, 5, huge, huge, "new layer", origin="operator")
+    assert _snapshot(store_copy.directory) == before
+    kept = add_vectors(store_copy, ident, 13, huge, huge, "huge", origin="operator", keep_flagged=True)
+    assert kept.status == "quarantined" and "key-norm-outlier" in kept.flags
+    with pytest.raises(UserError, match="flagged"):
+        store_copy.decide(kept.id, "approve")
+
+
+def test_write_policy_origins_duplicates_and_short_text(store_copy, smollm2):
+    before = _snapshot(store_copy.directory)
+    with pytest.raises(UserError, match="never written to memory"):
+        add_texts(store_copy, smollm2, ["The model said the sky is green."], [13], origin="model")
+    with pytest.raises(UserError, match="unknown origin"):
+        add_texts(store_copy, smollm2, ["Some text here."], [13], origin="somewhere")
+    with pytest.raises(UserError, match="too short"):
+        add_texts(store_copy, smollm2, ["Hi"], [13])
+    with pytest.raises(UserError, match="no memory text"):
+        add_texts(store_copy, smollm2, ["  "], [13])
+    assert _snapshot(store_copy.directory) == before
+    dup = next(iter(store_copy.read_layer(13).records.values())).body.source_text
+    out = add_texts(store_copy, smollm2, [dup, "The tool reported that the build passed on every platform."], [13],
+                    origin="tool", allow_untrusted_origin=True)
+    assert out[0].status == "skipped" and "already stored" in out[0].reason
+    assert out[1].status == "quarantined" and out[1].flags == [UNTRUSTED_FLAG]
+    with pytest.raises(UserError, match="flagged"):
+        store_copy.decide(out[1].id, "approve")
+    assert store_copy.decide(out[1].id, "approve", override_flags=True).status == "approved"
+
+
+def test_wrong_model_and_wrong_key_are_refused(memory_store, smollm2, tiny_lm):
+    directory, key = memory_store
+    before = _snapshot(directory)
+    with pytest.raises(UserError, match="holds memories of"):
+        MemoryStore.open(directory, key, identity_of(tiny_lm))
+    store = MemoryStore.open(directory, key)
+    with pytest.raises(UserError, match="holds memories of"):
+        MemoryRuntime.load(store, tiny_lm, [LayerSettings(layer=1)])
+    with pytest.raises(UserError, match="signed with key id"):
+        MemoryStore.open(directory, ephemeral_key())
+    assert _snapshot(directory) == before
+
+
+def test_a_layer_without_memories_is_a_clear_error(store_copy, smollm2):
+    with pytest.raises(UserError, match="no memories at layer 5"):
+        MemoryRuntime.load(store_copy, smollm2, [LayerSettings(layer=5)])
