@@ -39,7 +39,7 @@ def next_token_probs(lm, texts: Sequence[str], runtime: MemoryRuntime | None = N
         if runtime is None:
             logits = lm.model(**inputs, use_cache=False).logits
         else:
-            with runtime.session(prompt="\n".join(texts), prompt_mask=inputs["attention_mask"], layers=layers) as s:
+            with runtime.session(inputs, prompt="\n".join(texts), layers=layers) as s:
                 logits = lm.model(**inputs, use_cache=False).logits
             entry = s.entry
     rows = torch.arange(len(texts), device=logits.device)
@@ -65,7 +65,7 @@ def greedy(lm, prompt: str, runtime: MemoryRuntime | None = None, max_new_tokens
         if runtime is None:
             out = lm.model.generate(**inputs, **kwargs)
         else:
-            with runtime.session(prompt=prompt, layers=layers) as session:
+            with runtime.session(inputs, prompt=prompt, layers=layers) as session:
                 out = lm.model.generate(**inputs, **kwargs)
             entry, recalls = session.entry, session.recalls
     new = out[0, inputs["input_ids"].shape[1]:].tolist()

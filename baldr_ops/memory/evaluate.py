@@ -185,7 +185,7 @@ def perplexity(lm, texts, runtime: MemoryRuntime | None = None) -> float:
         if runtime is None:
             logits = lm.model(**inputs, use_cache=False).logits
         else:
-            with runtime.session(prompt_mask=inputs["attention_mask"]):
+            with runtime.session(inputs):
                 logits = lm.model(**inputs, use_cache=False).logits
     logp = logits[:, :-1].to(torch.float32).log_softmax(-1)
     target = inputs["input_ids"][:, 1:]

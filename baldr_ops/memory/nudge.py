@@ -3,11 +3,16 @@
 One `NudgeSession` covers one generation (one ``generate`` call or one forward pass). At each layer
 its `LayerHook`:
 
-1. pools the layer's incoming state over the tokens it has not seen yet (absolute position 0, the
-   attention sink, is never pooled or nudged);
-2. recalls: once, after the prompt ("prompt" query, the default: the nudge is then one fixed vector
-   for the whole generation), or at every step from the running mean of all tokens so far
-   ("running");
+1. pools the layer's state over the tokens it has not seen yet (absolute position 0, the
+   attention sink, is never pooled or nudged). Given the prompt's inputs, the session pools the
+   prompt from a clean pass (no hooks, stopped after the deepest memory layer) before generation
+   starts, so each layer recalls from the model's own state and not from a state a shallower
+   layer's memory already moved: layers recall independently, and a nudge at one layer cannot
+   pull recall at the next one toward itself;
+2. recalls: once, for the prompt ("prompt" query, the default: the nudge is then one fixed vector
+   for the whole generation), or again at every step from the running mean of all tokens so far
+   ("running"; the states of generated tokens are those the model computed, shallower nudges
+   included);
 3. adds, at every position p >= 1, the delta that was current when p was new, clipped to
    ``clip * ||h_p||``; the realised change is measured and a breach of the bound raises.
 
@@ -58,7 +63,8 @@ class LayerTrace:
 class LayerHook:
     """The edit function of one layer for one generation (see the module docstring)."""
 
-    def __init__(self, memory: LayerMemory, prompt_mask: torch.Tensor | None = None):
+    def __init__(self, memory: LayerMemory, prompt_mask: torch.Tensor | None = None,
+                 prompt_pooled: tuple[torch.Tensor, torch.Tensor] | None = None):
         self.memory = memory
         self.settings = memory.settings
         self.prompt_mask = prompt_mask  # [b, n] real tokens of a padded prompt batch, or None
@@ -69,6 +75,11 @@ class LayerHook:
         self.current: torch.Tensor | None = None  # [b, d] delta for tokens that are new now, None = nothing
         self.history: list[torch.Tensor | None] = []  # delta each position got when it was new
         self.last_recall: Recall | None = None
+        self.pooled_upto = 0  # positions below this are already pooled
+        if prompt_pooled is not None:  # (sum [b, d], count [b, 1]) from the session's clean pass
+            self.total, self.count = (t.to(torch.float32).cpu().clone() for t in prompt_pooled)
+            self.pooled_upto = prompt_mask.shape[1] if prompt_mask is not None else 0
+            self._recall()
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def _positions(self, call: hooks.HookCall, length: int) -> torch.Tensor:
@@ -103,8 +114,9 @@ class LayerHook:
         positions = self._positions(call, hidden.shape[1])
         new = positions >= self.seen
         if bool(new.any()):
-            if self.settings.query == "running" or self.trace.recalls == 0:
-                self._pool_new(hidden, positions, new)
+            fresh = new & (positions >= self.pooled_upto)
+            if bool(fresh.any()) and (self.settings.query == "running" or self.trace.recalls == 0):
+                self._pool_new(hidden, positions, fresh)
                 self._recall()
             end = int(positions.max()) + 1
             self.history.extend([None] * (end - len(self.history)))
@@ -142,13 +154,31 @@ class LayerHook:
 class NudgeSession:
     """Hooks for one generation; ``with`` it around the ``generate`` (or forward) call."""
 
-    def __init__(self, lm, memories: dict[int, LayerMemory], prompt_mask: torch.Tensor | None = None,
+    def __init__(self, lm, memories: dict[int, LayerMemory], inputs: dict | None = None,
                  disabled_reason: str | None = None):
+        """``inputs``: the prompt's ``input_ids`` and ``attention_mask`` (a right-padded batch is
+        fine), pooled from a clean pass; without them each layer pools what its hook sees."""
         self.lm = lm
         self.disabled_reason = disabled_reason
         active = {} if disabled_reason else {layer: m for layer, m in memories.items() if m.size}
-        self.hooks = {layer: LayerHook(m, prompt_mask) for layer, m in active.items()}
+        mask = inputs.get("attention_mask") if inputs is not None else None
+        if inputs is not None and mask is None:
+            mask = torch.ones_like(inputs["input_ids"])
+        pooled = self._clean_pool(lm, inputs, mask, sorted(active)) if active and inputs is not None else {}
+        self.hooks = {layer: LayerHook(m, mask, pooled.get(layer)) for layer, m in active.items()}
         self._stack: ExitStack | None = None
+
+    @staticmethod
+    def _clean_pool(lm, inputs: dict, mask: torch.Tensor, layers: list[int]) -> dict:
+        """{layer: (sum, count)} of the prompt's states over its tokens after the first, unhooked."""
+        states = hooks.residuals(lm, {"input_ids": inputs["input_ids"], "attention_mask": mask}, layers)
+        weights = mask.to(torch.float32).clone()
+        weights[torch.arange(weights.shape[0]), weights.argmax(dim=1)] = 0  # the first real token
+        out = {}
+        for layer, hidden in states.items():
+            total = (hidden.to(torch.float32) * weights[..., None].to(hidden.device)).sum(dim=1)
+            out[layer] = (total, weights.sum(dim=1, keepdim=True))
+        return out
 
     def __enter__(self) -> NudgeSession:
         self._stack = ExitStack()

@@ -87,26 +87,27 @@ class MemoryRuntime:
     def disabled_reason(self) -> str | None:
         return self.store.disabled_reason() if self.store else None
 
-    def session(self, prompt: str | None = None, prompt_mask: torch.Tensor | None = None,
+    def session(self, inputs: dict | None = None, prompt: str | None = None,
                 layers: Sequence[int] | None = None) -> GenerationSession:
-        """Hooks for one generation. ``layers`` restricts them to some of the loaded layers."""
+        """Hooks for one generation of ``inputs`` (the tokenized prompt: input_ids, attention_mask).
+        ``prompt`` is hashed into the audit entry; ``layers`` restricts the hooks to some layers."""
         memories = self.memories if layers is None else {layer: self.memories[layer] for layer in layers}
-        return GenerationSession(self, memories, prompt, prompt_mask)
+        return GenerationSession(self, memories, prompt, inputs)
 
 
 class GenerationSession:
     def __init__(self, runtime: MemoryRuntime, memories: dict[int, LayerMemory], prompt: str | None,
-                 prompt_mask: torch.Tensor | None):
+                 inputs: dict | None):
         self.runtime = runtime
         self.memories = memories
         self.prompt = prompt
-        self.prompt_mask = prompt_mask
+        self.inputs = inputs
         self.entry: AuditEntry | None = None
         self.nudge: NudgeSession | None = None
 
     def __enter__(self) -> GenerationSession:
         self.started_at = now()
-        self.nudge = NudgeSession(self.runtime.lm, self.memories, self.prompt_mask, self.runtime.disabled_reason())
+        self.nudge = NudgeSession(self.runtime.lm, self.memories, self.inputs, self.runtime.disabled_reason())
         self.nudge.__enter__()
         return self
 

@@ -30,7 +30,7 @@ def _logits(lm, texts, runtime=None, layers=None):
     with torch.no_grad():
         if runtime is None:
             return lm.model(**inputs).logits
-        with runtime.session(prompt_mask=inputs["attention_mask"], layers=layers) as session:
+        with runtime.session(inputs, layers=layers) as session:
             out = lm.model(**inputs).logits
         return out, session.entry
 
@@ -77,14 +77,14 @@ def test_kill_switch_and_empty_memory_are_bit_identical(store_copy, smollm2, mon
     assert torch.equal(out, clean)
 
 
-@pytest.mark.parametrize("query", ["prompt", "running"])
-def test_same_greedy_tokens_with_and_without_kv_cache(store_copy, smollm2, query):
+@pytest.mark.parametrize("query, clean_pass", [("prompt", True), ("running", True), ("prompt", False)])
+def test_same_greedy_tokens_with_and_without_kv_cache(store_copy, smollm2, query, clean_pass):
     runtime = _runtime(store_copy, smollm2, query=query, threshold=0.15)
     inputs = smollm2.tokenize(FINANCE)
     kwargs = dict(max_new_tokens=12, do_sample=False, pad_token_id=smollm2.tokenizer.pad_token_id)
     outs, entries = {}, {}
     for use_cache in (True, False):
-        with torch.no_grad(), runtime.session(prompt=FINANCE) as session:
+        with torch.no_grad(), runtime.session(inputs if clean_pass else None, prompt=FINANCE) as session:
             outs[use_cache] = smollm2.model.generate(**inputs, use_cache=use_cache, **kwargs)
         entries[use_cache] = session.entry
     plain = smollm2.model.generate(**inputs, **kwargs)
@@ -111,14 +111,15 @@ def test_poisoned_memory_is_clipped_per_token(store_copy, smollm2):
     runtime = _runtime(store_copy, smollm2, strength=1e6, clip=clip, weight_cap=cap)
     inputs = smollm2.tokenize([FINANCE])
     with torch.no_grad(), hooks.capture(smollm2, [13]) as before:
-        with runtime.session(prompt_mask=inputs["attention_mask"]) as session:
+        with runtime.session(inputs) as session:
             with hooks.capture(smollm2, [13]) as after:
                 smollm2.model(**inputs)
-    h, moved = before[13][0, 1:], (after[13] - before[13])[0, 1:]
+    pre, post = before.calls[13][-1], after[13]  # before also saw the session's clean pass
+    h, moved = pre[0, 1:], (post - pre)[0, 1:]
     ratio = moved.norm(dim=-1) / h.norm(dim=-1)
     assert float(ratio.max()) <= clip * (1 + 1e-3)
     assert float(ratio.min()) > 0.9 * clip  # the poison was there, and the clip is what held it
-    assert torch.equal(after[13][0, 0], before[13][0, 0])  # position 0 is never nudged
+    assert torch.equal(post[0, 0], pre[0, 0])  # position 0 is never nudged
     layer = session.entry.layers[0]
     assert poison_id in {r.id for r in layer.records}
     assert max(r.weight for r in layer.records) <= cap
@@ -129,7 +130,7 @@ def test_generation_never_writes_memory(store_copy, smollm2):
     files = {layer: (store_copy.directory / layer_file(layer)).read_bytes() for layer in store_copy.layers()}
     runtime = MemoryRuntime.load(store_copy, smollm2, [LayerSettings(layer=13), LayerSettings(layer=20)])
     inputs = smollm2.tokenize(FINANCE)
-    with torch.no_grad(), runtime.session(prompt=FINANCE):
+    with torch.no_grad(), runtime.session(inputs, prompt=FINANCE):
         smollm2.model.generate(**inputs, max_new_tokens=4, do_sample=False, pad_token_id=smollm2.tokenizer.pad_token_id)
     assert files == {layer: (store_copy.directory / layer_file(layer)).read_bytes() for layer in store_copy.layers()}
     import baldr_ops.memory.nudge as nudge
