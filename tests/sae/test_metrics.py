@@ -94,6 +94,22 @@ def test_zero_sae_recovers_nothing(smollm2):
         assert m.explained_variance < 0 and m.cosine == 0.0
 
 
+def test_outliers_inflate_all_token_scores(smollm2):
+    """An SAE whose error is the same vector e on every token (identity with b_enc = [e, -e]:
+    relu(x + e) - relu(-x - e) = x + e). The same error looks small next to the huge first-position
+    vectors, so over all tokens EV and cosine look better than without the outliers."""
+    sae = identity_sae(smollm2.d_model)
+    e = torch.randn(smollm2.d_model, generator=torch.Generator().manual_seed(0))
+    e *= 40 / e.norm()  # ~0.3x the median norm at layer 12
+    sae.b_enc = torch.cat([e, -e])
+    report = _small_eval(smollm2, sae)
+    every, kept = report.all, report.excluding_outliers
+    assert every.mse == pytest.approx(kept.mse, rel=1e-3)  # the same error per token...
+    assert every.explained_variance > kept.explained_variance + 0.05  # ...explains more of "all"
+    assert every.cosine > kept.cosine
+    assert every.mean_norm > 1.5 * kept.mean_norm
+
+
 def test_padding_is_masked(smollm2):
     """Windows of 32, 32 and 16 tokens: one padded batch of 3 gives the sums of three unpadded runs."""
     sae = identity_sae(smollm2.d_model, layer=4)

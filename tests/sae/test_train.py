@@ -161,7 +161,7 @@ def test_trained_topk_sae_meets_criterion_8(smollm2, tmp_path):
     assert kept.explained_variance > 0.9 and kept.cosine > 0.9 and kept.ce_recovered > 0.9
     assert kept.l0 == every.l0 == 32.0  # TopK: exactly k active
     assert 0 <= kept.dead_fraction < 0.5 and 0 <= every.dense_fraction <= 1
-    # Trained without the first positions, the SAE reconstructs them badly: over all tokens, where
-    # those huge vectors weigh most, every measure is worse.
-    assert every.explained_variance < kept.explained_variance and every.cosine < kept.cosine
-    assert every.mean_norm > kept.mean_norm
+    # Trained without the first positions, the SAE reconstructs those sinks less well, and splicing
+    # that into every position costs more loss: the all-token CE recovered is lower. (The EV
+    # inflation by outliers is shown exactly in test_metrics.test_outliers_inflate_all_token_scores.)
+    assert every.ce_recovered < kept.ce_recovered and every.mean_norm > kept.mean_norm
