@@ -288,22 +288,34 @@ class MemoryStore:
 
     # -- kill switch ---------------------------------------------------------------------------
     def disabled_reason(self, env: dict | None = None) -> str | None:
-        """Why injection is off, or None: the store's DISABLED flag file or $BALDR_MEMORY_DISABLE."""
-        env = os.environ if env is None else env
-        if env.get(KILL_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
-            return f"${KILL_ENV} is set"
-        flag = self.directory / KILL_FLAG
-        if flag.exists():
-            return f"kill switch {flag} is on"
-        return None
+        return kill_switch_reason(self.directory, env)
 
     def set_disabled(self, disabled: bool, note: str | None = None) -> None:
-        flag = self.directory / KILL_FLAG
-        if disabled:
-            tmp = self.directory / f".{KILL_FLAG}.{os.getpid()}.tmp"
-            tmp.write_text(json.dumps({"disabled_at": now(), "note": note}) + "\n")
-            os.replace(tmp, flag)
-            _fsync_dir(self.directory)
-        elif flag.exists():
-            flag.unlink()
-            _fsync_dir(self.directory)
+        set_kill_switch(self.directory, disabled, note)
+
+
+def kill_switch_reason(directory: Path, env: dict | None = None) -> str | None:
+    """Why injection is off, or None: the store's DISABLED flag file or $BALDR_MEMORY_DISABLE."""
+    env = os.environ if env is None else env
+    if env.get(KILL_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
+        return f"${KILL_ENV} is set"
+    flag = Path(directory) / KILL_FLAG
+    if flag.exists():
+        return f"kill switch {flag} is on"
+    return None
+
+
+def set_kill_switch(directory: Path, disabled: bool, note: str | None = None) -> None:
+    """Turn the kill switch on or off. Needs no key: whoever may stop the memory can, at once."""
+    directory = Path(directory)
+    if not (directory / HEADER).is_file():
+        raise UserError(f"{directory} is not a memory store (no {HEADER})")
+    flag = directory / KILL_FLAG
+    if disabled:
+        tmp = directory / f".{KILL_FLAG}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps({"disabled_at": now(), "note": note}) + "\n")
+        os.replace(tmp, flag)
+        _fsync_dir(directory)
+    elif flag.exists():
+        flag.unlink()
+        _fsync_dir(directory)

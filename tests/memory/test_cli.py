@@ -1,0 +1,97 @@
+"""`baldr-ops memory` end to end on the demo model: keygen, add, list, approve, verify, ab, kill
+switch, audit; bad input (wrong key, corrupt file, empty store, untrusted origin) is one clear line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from baldr_ops.cli import main
+
+pytestmark = pytest.mark.research
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_help_lists_every_subcommand(capsys):
+    with pytest.raises(SystemExit):
+        main(["memory", "--help"])
+    out = capsys.readouterr().out
+    for name in ("keygen", "add", "list", "approve", "revoke", "verify", "disable", "enable", "audit", "ab", "eval"):
+        assert f"    {name}" in out
+
+
+def test_parse_layer_spec():
+    from baldr_ops.cli.memory import parse_layer_spec
+    from baldr_ops.errors import UserError
+
+    s = parse_layer_spec("20:strength=3,threshold=0.2,query=running", {"clip": 0.3})
+    assert (s.layer, s.strength, s.threshold, s.clip, s.query) == (20, 3.0, 0.2, 0.3, "running")
+    for bad in ("x", "13:nope=1", "13:clip=9"):
+        with pytest.raises(UserError, match="bad --layer"):
+            parse_layer_spec(bad, {})
+
+
+@pytest.mark.slow
+def test_memory_commands_end_to_end(tmp_path, capsys, demo_model, monkeypatch):
+    monkeypatch.delenv("BALDR_MEMORY_KEY", raising=False)
+    monkeypatch.delenv("BALDR_MEMORY_DISABLE", raising=False)
+    key, store = str(tmp_path / "memory.key"), str(tmp_path / "store")
+    common = ["--store", store, "--key-file", key]
+    code, out, _ = _run(capsys, "memory", "keygen", "--key-file", key, "--json")
+    assert code == 0 and json.loads(out)["key_id"]
+    code, _, err = _run(capsys, "memory", "add", *common, "Some text.")
+    assert code == 2 and "failed the write-time screens" in err  # one token pooled: an outlier
+    memories = tmp_path / "memories.txt"
+    memories.write_text("The central bank raised interest rates to slow inflation, and bond yields rose.\n\n"
+                        "A diversified portfolio spreads money across stocks, bonds and cash.\n")
+    code, out, err = _run(capsys, "memory", "add", *common, "--file", str(memories), "--label", "finance", "--json")
+    assert code == 0, err
+    added = json.loads(out)
+    assert added["layers"] == [13] and "45% depth" in added["layer_source"]
+    assert [r["status"] for r in added["records"]] == ["quarantined", "quarantined"]
+    code, _, err = _run(capsys, "memory", "add", *common, "--origin", "model", "The model wrote this sentence.")
+    assert code == 2 and "never written to memory" in err
+    code, out, _ = _run(capsys, "memory", "ab", *common, "When interest rates go up, investors")
+    assert code == 2
+    code, out, _ = _run(capsys, "memory", "approve", *common, "--all-quarantined", "--json")
+    assert code == 0 and {r["status"] for r in json.loads(out)["records"]} == {"approved"}
+    code, out, _ = _run(capsys, "memory", "list", *common)
+    assert code == 0 and out.count("approved") == 2
+    code, out, _ = _run(capsys, "memory", "ab", *common, "When interest rates go up, investors usually",
+                        "--max-new-tokens", "8", "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert report["layers"][0]["candidates"][0]["relevance"] > 0.25 and report["kl_next_token"] > 0
+    assert report["generation_id"] and report["disabled"] is None
+    code, out, _ = _run(capsys, "memory", "disable", "--store", store)
+    assert code == 0 and "ON" in out
+    code, out, _ = _run(capsys, "memory", "ab", *common, "When interest rates go up, investors usually",
+                        "--max-new-tokens", "8", "--json")
+    off = json.loads(out)
+    assert off["disabled"] and off["identical"] and off["kl_next_token"] == 0
+    _run(capsys, "memory", "enable", "--store", store)
+    code, out, _ = _run(capsys, "memory", "audit", *common, "--json")
+    entries = json.loads(out)["entries"]
+    assert len(entries) == 4 and entries[-1]["disabled"] and entries[0]["layers"][0]["records"]
+    code, out, _ = _run(capsys, "memory", "verify", *common, "--model", "demo", "--rederive")
+    assert code == 0 and "OK" in out
+    # Corrupt a record: verify says so (exit 1), list still works and shows one record.
+    log = tmp_path / "store" / "layer-013.jsonl"
+    lines = log.read_text().split("\n")
+    lines[1] = lines[1][:-20] + "x" * 20
+    log.write_text("\n".join(lines))
+    code, out, _ = _run(capsys, "memory", "verify", *common)
+    assert code == 1 and "layer-013.jsonl:2" in out
+    code, out, _ = _run(capsys, "memory", "list", *common)
+    assert code == 0 and "1 record(s); 2 bad line(s)" in out  # the record and its approval
+    # A wrong key is one clear line.
+    other = str(tmp_path / "other.key")
+    _run(capsys, "memory", "keygen", "--key-file", other)
+    code, _, err = _run(capsys, "memory", "list", "--store", store, "--key-file", other)
+    assert code == 2 and "signed with key id" in err and "Traceback" not in err
