@@ -67,8 +67,10 @@ def default_layer(n_layers: int, weights_sha256: str | None = None, profile: str
     """The layer to use when none is given, and where it came from.
 
     Lookup: ``profile`` (a saved SAE layer profile JSON), else the file named by $BALDR_SAE_PROFILE,
-    else ``round(0.45 * n_layers)``. A profile names its layer under one of `PROFILE_LAYER_KEYS`
-    (top level or under "profile"); one that records another model's ``weights_sha256`` is refused.
+    else ``int(0.45 * n_layers)``. The layer is read from ``integration_depth.layer`` (the
+    ``baldr-ops sae profile --json`` document; used only when ``interior``), else from one of
+    `PROFILE_LAYER_KEYS` (top level or under "profile"). A profile that records another model's
+    ``weights_sha256`` or another ``n_layers`` is refused.
     """
     env = os.environ if env is None else env
     path = profile or env.get(PROFILE_ENV)
@@ -80,8 +82,24 @@ def default_layer(n_layers: int, weights_sha256: str | None = None, profile: str
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read the SAE layer profile {path}: {exc}",
                         hint="give --layer, or a JSON profile saved by 'baldr-ops sae profile'") from exc
-    blocks = [data, data.get("profile", {})] if isinstance(data, dict) else []
-    for block in blocks:
+    if not isinstance(data, dict):
+        raise UserError(f"the SAE layer profile {path} is not a JSON object")
+    recorded_layers = data.get("n_layers")
+    if isinstance(recorded_layers, int) and recorded_layers != n_layers:
+        raise UserError(f"the SAE layer profile {path} is of a model with {recorded_layers} layers, this one has "
+                        f"{n_layers}", hint="give --layer, or a profile of this model")
+    # `baldr-ops sae profile` documents (kind "sae.layer_profile") put it at integration_depth.layer;
+    # an argmax at an end of the profiled range ("interior": false) is no integration zone.
+    depth = data.get("integration_depth")
+    if isinstance(depth, dict) and "layer" in depth:
+        layer = depth.get("layer")
+        if isinstance(layer, int) and not isinstance(layer, bool) and depth.get("interior", True):
+            if not 0 <= layer < n_layers:
+                raise UserError(f"the SAE layer profile {path} names layer {layer}, outside 0..{n_layers - 1}")
+            return layer, f"SAE layer profile {path} (integration depth)"
+        return (min(n_layers - 1, int(DEFAULT_DEPTH * n_layers)),
+                f"{DEFAULT_DEPTH:.0%} depth (the SAE layer profile {path} found no interior integration zone)")
+    for block in (data, data.get("profile", {})):
         if not isinstance(block, dict):
             continue
         recorded = block.get("weights_sha256")

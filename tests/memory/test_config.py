@@ -41,3 +41,20 @@ def test_bad_profiles_are_clear_errors(tmp_path, content, message):
     path.write_text("{broken")
     with pytest.raises(UserError, match="cannot read"):
         default_layer(30, "abc", path, env={})
+
+
+def test_sae_profile_document(tmp_path):
+    """The shape `baldr-ops sae profile --json` writes: integration_depth.layer, used when interior."""
+    path = tmp_path / "sae-profile.json"
+    doc = {"kind": "sae.layer_profile", "n_layers": 30, "layers": [{"layer": 0}],
+           "integration_depth": {"layer": 12, "interior": True}}
+    path.write_text(json.dumps(doc))
+    assert default_layer(30, "abc", path, env={}) == (12, f"SAE layer profile {path} (integration depth)")
+    doc["integration_depth"] = {"layer": 29, "interior": False}
+    path.write_text(json.dumps(doc))
+    layer, source = default_layer(30, "abc", path, env={})
+    assert layer == 13 and "no interior integration zone" in source
+    doc["n_layers"] = 18
+    path.write_text(json.dumps(doc))
+    with pytest.raises(UserError, match="18 layers"):
+        default_layer(30, "abc", path, env={})
