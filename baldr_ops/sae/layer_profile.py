@@ -106,7 +106,7 @@ METRIC_INFO = {
 
 INTEGRATION_DEPTH_DEFINITION = (
     "Combined curve over the profiled layers: output-side proximity P_out(l) = 1 - minmax(lens_kl)(l), "
-    "input-side proximity P_in(l) = minmax(embed_max_cos)(l), D(l) = 1 - max(P_in(l), P_out(l)) (how far the "
+    "input-side proximity P_in(l) = 1 - minmax(embed_rank)(l), D(l) = 1 - max(P_in(l), P_out(l)) (how far the "
     "layer is from the nearer of the two token spaces). Integration depth = argmax_l D(l), reported only if it "
     "is an interior layer (not the first or last profiled); depth fraction = (l + 1) / L. The interval is the "
     "2.5-97.5 % range of the argmax over the bootstrap resamples."
@@ -416,7 +416,7 @@ def metric_zone(metric: str, layers: Sequence[int], n_layers: int, values: Seque
                       censored=censored, summary=summary)
 
 
-def combined_distance(kl: np.ndarray, max_cos: np.ndarray) -> np.ndarray:
+def combined_distance(kl: np.ndarray, log_rank: np.ndarray) -> np.ndarray:
     """D(l) = 1 - max(P_in, P_out) with both proximities min-max normalised over the layers given
     (last axis); any leading axes are bootstrap replicates."""
 
@@ -426,22 +426,23 @@ def combined_distance(kl: np.ndarray, max_cos: np.ndarray) -> np.ndarray:
             return np.where(hi > lo, (x - lo) / np.where(hi > lo, hi - lo, 1), 0.0)
 
     p_out = 1 - minmax(kl)
-    p_in = minmax(max_cos)
+    p_in = 1 - minmax(log_rank)
     return 1 - np.maximum(p_in, p_out)
 
 
-def integration_depth(layers: Sequence[int], n_layers: int, kl: np.ndarray, max_cos: np.ndarray,
-                      kl_boot: np.ndarray, cos_boot: np.ndarray) -> IntegrationDepth:
+def integration_depth(layers: Sequence[int], n_layers: int, kl: np.ndarray, log_rank: np.ndarray,
+                      kl_boot: np.ndarray, rank_boot: np.ndarray) -> IntegrationDepth:
     """argmax of `combined_distance` over the profiled layers (see INTEGRATION_DEPTH_DEFINITION).
 
-    ``kl_boot``/``cos_boot`` are [B, n_layers_profiled] bootstrap replicates of the two curves."""
+    ``kl_boot``/``rank_boot`` are [B, n_layers_profiled] bootstrap replicates of the two curves (the
+    same prompt resamples for both, so the interval reflects the prompt set's variation)."""
     layers = list(layers)
     if len(layers) < 3:
         return IntegrationDepth(layer=None, depth=None, interior=False, interval_layers=None, interval_depth=None)
-    d = combined_distance(kl, max_cos)
+    d = combined_distance(kl, log_rank)
     best = int(np.argmax(d))
     interior = 0 < best < len(layers) - 1
-    boot = np.argmax(combined_distance(kl_boot, cos_boot), axis=1)
+    boot = np.argmax(combined_distance(kl_boot, rank_boot), axis=1)
     alpha = (1 - CI_LEVEL) / 2
     lo, hi = (int(np.quantile(boot, q, method="nearest")) for q in (alpha, 1 - alpha))
     interval = [layers[lo], layers[hi]]
@@ -490,18 +491,18 @@ def profile_layers(lm: LanguageModel, prompts: Sequence[Sequence[int]], layers: 
     E = lm.input_embedding_matrix().detach().float()
     centred_rows = torch.nn.functional.normalize(E - E.mean(0), dim=1)
     rows: list[LayerRow] = []
-    kl_boot, cos_boot = [], []
+    kl_boot, rank_boot = [], []
     for k, layer in enumerate(layers, 1):
         kl, top1 = _lens_sums(lm, data, layer)
         acc, rank, cos, counted, massive = _embedding_sums(data, layer, centred_rows, MASSIVE_NORM_FACTOR)
         kl_v, kl_b = _metric_value(kl, draws)
-        cos_v, cos_b = _metric_value(cos, draws)
+        rank_v, rank_b = _metric_value(rank, draws)
         kl_boot.append(kl_b)
-        cos_boot.append(cos_b)
+        rank_boot.append(rank_b)
         row = LayerRow(layer=layer, depth=round((layer + 1) / lm.n_layers, 4), tokens_counted=counted,
                        tokens_massive=massive, lens_kl=kl_v, lens_top1=_metric_value(top1, draws)[0],
-                       embed_nn_acc=_metric_value(acc, draws)[0], embed_rank=_metric_value(rank, draws)[0],
-                       embed_max_cos=cos_v)
+                       embed_nn_acc=_metric_value(acc, draws)[0], embed_rank=rank_v,
+                       embed_max_cos=_metric_value(cos, draws)[0])
         if sipit_prompts:
             explored, candidates, censored, positions = _sipit_sums(lm, sipit_prompts, layer, sipit, seed, vocab)
             row.sipit_explored = _metric_value(explored, sipit_draws, censored > 0)[0]
@@ -512,8 +513,8 @@ def profile_layers(lm: LanguageModel, prompts: Sequence[Sequence[int]], layers: 
 
     zones = [metric_zone(m, layers, lm.n_layers, [getattr(r, m) for r in rows]) for m in METRICS]
     depth = integration_depth(layers, lm.n_layers, np.array([r.lens_kl.value for r in rows]),
-                              np.array([r.embed_max_cos.value for r in rows]),
-                              np.stack(kl_boot, axis=1), np.stack(cos_boot, axis=1))
+                              np.array([r.embed_rank.value for r in rows]),
+                              np.stack(kl_boot, axis=1), np.stack(rank_boot, axis=1))
     settings = ProfileSettings(prompt_source=prompt_source, prompts=len(prompts), max_tokens=max_tokens,
                                bootstrap=bootstrap, ci_level=CI_LEVEL, seed=seed,
                                massive_norm_factor=MASSIVE_NORM_FACTOR, sipit=sipit)
