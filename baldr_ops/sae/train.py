@@ -181,6 +181,11 @@ class ActivationBuffer:
             row += take
             if take < chunk.shape[0]:
                 self._pending = chunk[take:]  # at most one forward batch, kept for the next fill
+        if self._first_pass and not self.resident and self._pending is None:
+            # Filled exactly: look one chunk ahead, or a text of exactly `capacity` tokens would be
+            # re-read (and its activations recomputed) on every refill.
+            self._pending = self._next_chunk()
+            self.resident = self._pending is None
         self.filled = max(self.filled, row)
         self.peak = max(self.peak, self.filled)
         self._first_pass = False

@@ -87,6 +87,13 @@ def test_buffer_keeps_a_text_that_fits_and_reads_it_once():
     assert buffer.resident and len(calls) == 1
     assert batches[0] != batches[4]  # reshuffled each pass (4 batches per pass)
 
+    calls.clear()  # a text of exactly the buffer's size is kept too
+    exact = ActivationBuffer(_synthetic_epochs(512, calls), 3, 512, 64, torch.Generator().manual_seed(0))
+    exact.first_fill()
+    for _ in zip(range(20), exact.batches(), strict=False):
+        pass
+    assert exact.resident and len(calls) == 1 and exact.peak == 512
+
 
 def _small_options(**extra) -> TrainOptions:
     base = {"layer": 2, "d_sae": 256, "k": 8, "steps": 30, "batch_size": 128, "buffer_tokens": 1024,
