@@ -287,8 +287,12 @@ def _metric_value(stat: PromptSums, draws: np.ndarray, censored: bool = False) -
     boot = stat.resampled(draws)
     alpha = (1 - CI_LEVEL) / 2
     lo, hi = np.nanquantile(boot, [alpha, 1 - alpha]) if np.isfinite(boot).any() else (np.nan, np.nan)
-    return MetricValue(value=round(stat.pooled(), 6), ci_low=round(float(lo), 6), ci_high=round(float(hi), 6),
-                       censored=censored), boot
+    return MetricValue(value=_sig(stat.pooled()), ci_low=_sig(lo), ci_high=_sig(hi), censored=censored), boot
+
+
+def _sig(x: float) -> float:
+    """8 significant digits: beyond float32 accuracy, short in JSON."""
+    return float(f"{float(x):.8g}")
 
 
 # -- the measurements --------------------------------------------------------------------------
@@ -387,11 +391,13 @@ def metric_zone(metric: str, layers: Sequence[int], n_layers: int, values: Seque
                           summary=f"{info.label}: not computed")
     vals = np.array([v.value for _, v in present])
     censored = any(v.censored for _, v in present)
+    censored_note = "; some layers censored (SipIt budget exceeded): those values are lower bounds"
     if np.ptp(vals) == 0:
+        summary = f"{info.label}: {vals[0]:.4g} at every profiled layer, no extremum"
         return MetricZone(metric=metric, label=info.label, far=info.far, layer=None, depth=None,
                           value=float(vals[0]), interior=False, distinct_from_edges=False,
                           indistinguishable=[lyr for lyr, _ in present], censored=censored,
-                          summary=f"{info.label}: {vals[0]:.4g} at every profiled layer, no extremum")
+                          summary=summary + (censored_note if censored else ""))
     best = int(np.argmax(_oriented(vals, info.far)))
     layer, top = present[best]
     if info.far == "high":
@@ -410,7 +416,7 @@ def metric_zone(metric: str, layers: Sequence[int], n_layers: int, values: Seque
     if len(near) > 1:
         summary += f"; within the CIs at layers {_ranges(near)}"
     if censored:
-        summary += "; some layers censored (SipIt budget exceeded): those values are lower bounds"
+        summary += censored_note
     return MetricZone(metric=metric, label=info.label, far=info.far, layer=layer, depth=round(depth, 4),
                       value=top.value, interior=interior, distinct_from_edges=distinct, indistinguishable=near,
                       censored=censored, summary=summary)
