@@ -254,9 +254,10 @@ class TopKTrainee(torch.nn.Module):
             self.W_dec.grad -= along * self.W_dec
 
     def to_sae(self, config: SAEConfig) -> SparseAutoencoder:
-        return SparseAutoencoder(config=config, W_enc=self.enc_rows.detach().T.contiguous().clone(),
-                                 b_enc=self.b_enc.detach().clone(), W_dec=self.W_dec.detach().clone(),
-                                 b_dec=self.b_dec.detach().clone())
+        def copy(t: torch.Tensor) -> torch.Tensor:
+            return t.detach().cpu().contiguous().clone()
+        return SparseAutoencoder(config=config, W_enc=copy(self.enc_rows.T), b_enc=copy(self.b_enc),
+                                 W_dec=copy(self.W_dec), b_dec=copy(self.b_dec))
 
 
 def default_lr(d_sae: int) -> float:
@@ -289,15 +290,17 @@ def train_sae(lm: LanguageModel, source: TextSource, opts: TrainOptions, *,
     stream = ActivationStream(lm, layer, source, opts)
     buffer = ActivationBuffer(stream.epoch, d_in, opts.buffer_tokens, opts.batch_size, generator)
     first = buffer.first_fill()
-    sae = TopKTrainee(d_in, d_sae, opts.k, generator)
+    device = lm.device  # the buffer stays in host memory; each batch moves to the model's device
+    sae = TopKTrainee(d_in, d_sae, opts.k, generator).to(device)
     with torch.no_grad():
         sae.b_dec.copy_(first.mean(0))
     optimiser = torch.optim.Adam(sae.parameters(), lr=lr, fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: _lr_factor(step, opts.steps))
-    since_fired = torch.zeros(d_sae, dtype=torch.long)
+    since_fired = torch.zeros(d_sae, dtype=torch.long, device=device)
     smooth_loss = smooth_fvu = None
 
     for step, x in enumerate(buffer.batches(), start=1):
+        x = x.to(device)
         dead = since_fired >= opts.dead_after_tokens
         x_hat, indices, aux = sae(x, dead if opts.auxk_alpha > 0 and dead.any() else None)
         total_variance = (x - x.mean(0)).pow(2).sum()
@@ -315,7 +318,7 @@ def train_sae(lm: LanguageModel, source: TextSource, opts: TrainOptions, *,
         scheduler.step()
         sae.constrain_decoder()
 
-        fired = torch.zeros(d_sae, dtype=torch.bool)
+        fired = torch.zeros(d_sae, dtype=torch.bool, device=device)
         fired[indices.reshape(-1)] = True
         since_fired += x.shape[0]
         since_fired[fired] = 0
