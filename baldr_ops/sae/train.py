@@ -90,7 +90,7 @@ class TrainReport(Document):
     excluded_tokens: int  # first positions and massive-norm tokens left out
     epochs: int  # times the text was read
     resident: bool  # the whole text's activations fitted the buffer and were computed once
-    buffer_peak: int  # most activations held in the buffer (never above options.buffer_tokens)
+    buffer_rows: int  # activations the buffer held: its capacity, or the whole text when resident
     final_loss: float
     final_fvu: float  # FVU of the last batches (training data, moving average)
     dead_fraction: float  # features not fired for dead_after_tokens tokens at the end
@@ -132,9 +132,11 @@ class ActivationStream:
 class ActivationBuffer:
     """A fixed-capacity store of activations serving shuffled minibatches.
 
-    Fill to capacity, shuffle, serve the first half, refill that half, shuffle again... so any
-    batch mixes tokens from several fills. If the stream ends before the first fill is complete,
-    the buffer holds the whole data set: it is kept and reshuffled every pass ("resident").
+    Fill to capacity; then, repeatedly, draw a random permutation of the rows, serve half the
+    rows (in that order) as minibatches and overwrite just those with fresh activations, so any
+    batch mixes tokens from several fills. Batches are gathered copies: the buffer itself is never
+    copied or moved. If the stream ends before the first fill is complete, the buffer holds the
+    whole data set: it is kept and all of it served, in a new order, every pass ("resident").
     """
 
     def __init__(self, epochs: Callable[[], Iterator[torch.Tensor]], d_in: int, capacity: int,
@@ -146,11 +148,10 @@ class ActivationBuffer:
         self.capacity = capacity
         self.batch_size = batch_size
         self.generator = generator
-        self.filled = 0
-        self.peak = 0  # most rows ever filled (never above capacity)
+        self.filled = 0  # rows holding activations (all of them after the first fill, unless resident)
         self.resident = False
         self._stream = epochs()
-        self._pending: torch.Tensor | None = None
+        self._pending: torch.Tensor | None = None  # the rest of a chunk that did not fit
         self._first_pass = True
 
     def _next_chunk(self) -> torch.Tensor | None:
@@ -168,18 +169,18 @@ class ActivationBuffer:
                 self._stream = self.epochs()
         return None
 
-    def _fill(self, start: int, stop: int) -> None:
-        """Overwrite rows start..stop from the stream (on the first pass, stop early and become
-        resident if the stream ends)."""
-        row = start
-        while row < stop:
+    def _fill(self, rows: torch.Tensor) -> int:
+        """Overwrite ``rows`` in order with the stream's next activations; returns how many were
+        written (fewer only on the first pass, when the stream ends: then the buffer is resident)."""
+        done = 0
+        while done < len(rows):
             chunk = self._next_chunk()
             if chunk is None:
                 self.resident = True
                 break
-            take = min(stop - row, chunk.shape[0])
-            self.data[row:row + take] = chunk[:take]
-            row += take
+            take = min(len(rows) - done, chunk.shape[0])
+            self.data[rows[done:done + take]] = chunk[:take]
+            done += take
             if take < chunk.shape[0]:
                 self._pending = chunk[take:]  # at most one forward batch, kept for the next fill
         if self._first_pass and not self.resident and self._pending is None:
@@ -187,33 +188,27 @@ class ActivationBuffer:
             # re-read (and its activations recomputed) on every refill.
             self._pending = self._next_chunk()
             self.resident = self._pending is None
-        self.filled = max(self.filled, row)
-        self.peak = max(self.peak, self.filled)
         self._first_pass = False
-
-    def _shuffle(self) -> None:
-        order = torch.randperm(self.filled, generator=self.generator)
-        self.data[: self.filled] = self.data[: self.filled][order]
+        return done
 
     def first_fill(self) -> torch.Tensor:
         """Fill the buffer the first time; returns the filled rows (for the b_dec init)."""
-        self._fill(0, self.capacity)
+        self.filled = self._fill(torch.arange(self.capacity))
         if self.filled < self.batch_size:
             raise UserError(f"the text gives only {self.filled} training tokens, fewer than one batch "
                             f"({self.batch_size})", hint="give more text or a smaller --batch-size")
         return self.data[: self.filled]
 
     def batches(self) -> Iterator[torch.Tensor]:
+        bs = self.batch_size
+        served = self.filled if self.resident else self.capacity // 2
+        served -= served % bs
         while True:
-            self._shuffle()
-            if self.resident:
-                for i in range(self.filled // self.batch_size):
-                    yield self.data[i * self.batch_size:(i + 1) * self.batch_size]
-                continue
-            served = (self.capacity // 2) // self.batch_size * self.batch_size
-            for i in range(served // self.batch_size):
-                yield self.data[i * self.batch_size:(i + 1) * self.batch_size]
-            self._fill(0, served)  # fresh rows replace the served ones; the rest stay to mix
+            order = torch.randperm(self.filled, generator=self.generator)[:served]
+            for i in range(0, served, bs):
+                yield self.data[order[i:i + bs]]
+            if not self.resident:
+                self._fill(order)  # fresh activations replace the served rows; the rest stay to mix
 
 
 # -- the model being trained -----------------------------------------------------------------------
@@ -339,7 +334,7 @@ def train_sae(lm: LanguageModel, source: TextSource, opts: TrainOptions, *,
         model=lm.name, text=source.name, out="", hook_name=hook_name, options=opts, d_in=d_in, d_sae=d_sae,
         lr=lr, steps=opts.steps, training_tokens=opts.steps * opts.batch_size, text_tokens=stream.text_tokens,
         activations_collected=stream.collected, excluded_tokens=stream.excluded, epochs=stream.epochs,
-        resident=buffer.resident, buffer_peak=buffer.peak, final_loss=smooth_loss, final_fvu=smooth_fvu,
+        resident=buffer.resident, buffer_rows=buffer.filled, final_loss=smooth_loss, final_fvu=smooth_fvu,
         dead_fraction=float((since_fired >= opts.dead_after_tokens).float().mean()),
         seconds=round(time.monotonic() - start, 2), collect_seconds=round(stream.seconds, 2))
     return sae.to_sae(config), report

@@ -55,11 +55,12 @@ def test_file_is_read_in_chunks_and_nothing_is_lost(tmp_path):
 
 
 def _synthetic_epochs(rows_per_epoch: int, calls: list):
-    def epoch():
+    def epoch():  # row values: epoch * 10^5 + position, so every row served is told apart
         calls.append(1)
+        base = (len(calls) - 1) * 100_000
         for start in range(0, rows_per_epoch, 100):
             n = min(100, rows_per_epoch - start)
-            yield torch.arange(start, start + n, dtype=torch.float32)[:, None].repeat(1, 3)
+            yield torch.arange(base + start, base + start + n, dtype=torch.float32)[:, None].repeat(1, 3)
     return epoch
 
 
@@ -69,14 +70,16 @@ def test_buffer_stays_within_its_capacity_and_shuffles():
     buffer.first_fill()
     seen = []
     for _, batch in zip(range(100), buffer.batches(), strict=False):
-        assert buffer.data.shape == (512, 3) and buffer.filled <= 512
+        assert buffer.data.shape == (512, 3) and buffer.filled == 512  # the store never grows...
+        assert buffer._pending is None or len(buffer._pending) <= 100  # ...and holds back < one chunk
         ids = batch[:, 0].long().tolist()
         assert len(set(ids)) == 64
         seen.append(ids)
-    assert buffer.peak <= 512 and not buffer.resident
+    assert not buffer.resident
     assert len(calls) >= 3  # 100 x 64 rows > 3 epochs of 2000: the text was re-read
     assert any(ids != sorted(ids) for ids in seen)
-    assert len({i for ids in seen[:40] for i in ids}) > 1500  # batches roam over the whole text
+    assert len({i for ids in seen for i in ids}) == 6400  # no row is served twice
+    assert len({i % 100_000 for ids in seen[:40] for i in ids}) > 1500  # batches roam over the whole text
 
 
 def test_buffer_keeps_a_text_that_fits_and_reads_it_once():
@@ -92,7 +95,7 @@ def test_buffer_keeps_a_text_that_fits_and_reads_it_once():
     exact.first_fill()
     for _ in zip(range(20), exact.batches(), strict=False):
         pass
-    assert exact.resident and len(calls) == 1 and exact.peak == 512
+    assert exact.resident and len(calls) == 1 and exact.filled == 512
 
 
 def _small_options(**extra) -> TrainOptions:
@@ -111,7 +114,7 @@ def test_training_streams_is_seeded_and_reports(smollm2, tmp_path):
     assert [p["step"] for p in seen] == [10, 20, 30]
     assert {"tokens", "loss", "fvu", "dead"} <= set(seen[-1]) and seen[-1]["tokens"] == 30 * 128
     assert all(0 < size <= 2048 for size in log.sizes) and log.opens == report.epochs >= 2
-    assert not report.resident and report.buffer_peak <= 1024
+    assert not report.resident and report.buffer_rows == 1024
     assert report.excluded_tokens >= report.text_tokens // 64  # at least every window's first position
     assert report.activations_collected > report.text_tokens  # re-read: activations computed again
     assert sae.config.architecture == "topk" and sae.config.k == 8 and sae.config.layer == 2
