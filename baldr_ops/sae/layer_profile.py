@@ -170,6 +170,7 @@ class SipItSettings(BaseModel):
     tokens_per_prompt: int
     budget: int
     eps_rel: float
+    layers: list[int] | None = None  # where to run it (the costly metric); None: every profiled layer
 
 
 class ProfileSettings(BaseModel):
@@ -491,6 +492,10 @@ def profile_layers(lm: LanguageModel, prompts: Sequence[Sequence[int]], layers: 
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, len(prompts), size=(bootstrap, len(prompts)))
     sipit_prompts = [list(p)[: sipit.tokens_per_prompt] for p in prompts[: sipit.prompts]] if sipit else []
+    sipit_layers = set(layers if sipit is None or sipit.layers is None else sipit.layers)
+    if sipit is not None and not sipit_layers & set(layers):
+        raise UserError("none of the SipIt layers is among the profiled layers",
+                        hint="--sipit-layers must pick from --layers")
     sipit_draws = rng.integers(0, len(sipit_prompts), size=(bootstrap, len(sipit_prompts))) if sipit_prompts else None
 
     data = _forward_prompts(lm, prompts, layers)
@@ -509,7 +514,7 @@ def profile_layers(lm: LanguageModel, prompts: Sequence[Sequence[int]], layers: 
                        tokens_massive=massive, lens_kl=kl_v, lens_top1=_metric_value(top1, draws)[0],
                        embed_nn_acc=_metric_value(acc, draws)[0], embed_rank=rank_v,
                        embed_max_cos=_metric_value(cos, draws)[0])
-        if sipit_prompts:
+        if sipit_prompts and layer in sipit_layers:
             explored, candidates, censored, positions = _sipit_sums(lm, sipit_prompts, layer, sipit, seed, vocab)
             row.sipit_explored = _metric_value(explored, sipit_draws, censored > 0)[0]
             row.sipit_candidates = _metric_value(candidates, sipit_draws, censored > 0)[0]

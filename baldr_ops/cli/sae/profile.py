@@ -66,6 +66,10 @@ def register(subparsers) -> None:
     sipit.add_argument("--sipit-budget", type=int, default=2048, metavar="N",
                        help="candidates verified per position before giving up; such positions are censored "
                             "(default 2048)")
+    sipit.add_argument("--sipit-layers", metavar="SPEC",
+                       help="run SipIt only at these layers (same forms as --layers, picked from the profiled "
+                            "ones; default: all profiled layers). SipIt is the slow metric: each position "
+                            "verifies a few hundred candidates through the layer")
     sipit.add_argument("--sipit-policy", default="linear", choices=("linear", "gradient", "random"),
                        help="candidate policy: linear (default; ridge fits on verified candidates), gradient "
                             "(the paper's, optimised embeddings; slower), random (brute force)")
@@ -122,9 +126,10 @@ def run(args) -> int:
     lm = load_model_from_args(args)
     layers = parse_layer_spec(args.layers, lm.n_layers)
     prompts = tokenize_prompts(lm, texts, args.max_tokens)
-    sipit = None if args.no_sipit else SipItSettings(policy=args.sipit_policy, prompts=args.sipit_prompts,
-                                                     tokens_per_prompt=args.sipit_tokens, budget=args.sipit_budget,
-                                                     eps_rel=1e-4)
+    sipit = None if args.no_sipit else SipItSettings(
+        policy=args.sipit_policy, prompts=args.sipit_prompts, tokens_per_prompt=args.sipit_tokens,
+        budget=args.sipit_budget, eps_rel=1e-4,
+        layers=parse_layer_spec(args.sipit_layers, lm.n_layers) if args.sipit_layers else None)
     progress(f"profiling {len(layers)} layers over {len(prompts)} prompts"
              + ("" if sipit is None else f"; SipIt on {min(sipit.prompts, len(prompts))} x {sipit.tokens_per_prompt} tokens"))
     doc = profile_layers(lm, prompts, layers, bootstrap=args.bootstrap, seed=args.seed, sipit=sipit,
