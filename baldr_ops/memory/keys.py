@@ -40,8 +40,13 @@ class SigningKey:
     def sign(self, message: bytes) -> str:
         return hmac.new(self.secret, message, hashlib.sha256).hexdigest()
 
-    def verify(self, message: bytes, signature: str) -> bool:
-        return hmac.compare_digest(self.sign(message), str(signature))
+    def verify(self, message: bytes, signature: object) -> bool:
+        """Whether ``signature`` is this key's HMAC of ``message``. Anything but an ASCII string is
+        simply invalid (`hmac.compare_digest` raises TypeError on non-ASCII str), so a line or header
+        with a strange signature is excluded and reported, never a crash."""
+        if not isinstance(signature, str) or not signature.isascii():
+            return False
+        return hmac.compare_digest(self.sign(message).encode("ascii"), signature.encode("ascii"))
 
     def __repr__(self) -> str:  # keep the secret out of tracebacks and logs
         return f"SigningKey(id={self.key_id}, origin={self.origin!r})"

@@ -69,3 +69,10 @@ def test_signatures_depend_on_the_key():
     assert not b.verify(b"message", sig)
     assert not a.verify(b"message!", sig)
     assert a.key_id != b.key_id
+
+
+@pytest.mark.parametrize("signature", ["\u00e9" * 64, "ü", None, 42, ["ab"], b"\xff" * 32])
+def test_non_ascii_or_non_string_signatures_are_invalid_not_errors(signature):
+    key = keys.ephemeral_key()
+    assert key.verify(b"message", signature) is False
+    assert key.verify(b"message", key.sign(b"message")) is True

@@ -77,6 +77,28 @@ def test_one_modified_byte_excludes_only_that_record(store, target):
     assert "HMAC" in state.problems[0].reason or "not a log entry" in state.problems[0].reason
 
 
+def test_a_non_ascii_signature_is_an_excluded_line_not_a_crash(store, key):
+    """hmac.compare_digest raises TypeError on non-ASCII str: such a line (or header) is just invalid."""
+    from baldr_ops.memory.verify import verify_store
+
+    ids = _add(store, 2)
+    path = store.directory / layer_file(1)
+    lines = path.read_bytes().split(b"\n")
+    raw = json.loads(lines[1])
+    raw["hmac"] = "\u00e9" * 64
+    lines[1] = json.dumps(raw, ensure_ascii=False).encode()
+    path.write_bytes(b"\n".join(lines))
+    state = store.read_layer(1)
+    assert ids[0] not in state.records and [p.line for p in state.problems][:1] == [2]
+    assert "HMAC" in state.problems[0].reason
+    assert not verify_store(store).ok
+    header = json.loads((store.directory / HEADER).read_text())
+    header["hmac"] = "\u00e9"
+    (store.directory / HEADER).write_text(json.dumps(header, ensure_ascii=False))
+    with pytest.raises(UserError, match="fails its HMAC"):
+        MemoryStore.open(store.directory, key)
+
+
 def test_torn_tail_is_skipped_and_the_next_append_starts_clean(store):
     ids = _add(store, 2)
     path = store.directory / layer_file(1)
