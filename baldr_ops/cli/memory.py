@@ -299,13 +299,19 @@ def run_verify(args) -> int:
     for c in report.layers:
         lines.append(f"  layer {c.layer}: {c.approved} approved, {c.quarantined} quarantined, {c.revoked} revoked, "
                      f"{c.flagged} flagged" + ("" if c.reference else "; REFERENCE MISSING"))
-        lines += [f"    {p.file}:{p.line}: {p.reason}" for p in c.problems]
+        if c.damaged:
+            lines.append(f"    LOG DAMAGED: {c.damaged}; entries after the damage are excluded, and only "
+                         f"revocations can be added until it is restored")
+        lines += [f"    {p.file}{'' if p.line is None else f':{p.line}'}: {p.reason}" for p in c.problems]
         if c.rederived is not None:
             bad = [r for r in c.rederived if not r.ok]
             worst = max((r.key_error for r in c.rederived), default=0.0)
             lines.append(f"    re-derived {len(c.rederived)}: {len(bad)} mismatched (largest relative error "
                          f"{worst:.1e})")
             lines += [f"    MISMATCH {r.id}: key error {r.key_error:.2e}" for r in bad]
+    if report.audit.problems:
+        lines.append(f"  audit trail: {report.audit.entries} verified generation(s)")
+        lines += [f"    {p.file}{'' if p.line is None else f':{p.line}'}: {p.reason}" for p in report.audit.problems]
     lines.append("OK" if report.ok else "PROBLEMS FOUND (the affected lines are excluded from recall)")
     _print(report, args, "\n".join(lines))
     return 0 if report.ok else 1
@@ -333,9 +339,10 @@ def run_audit(args) -> int:
     from baldr_ops.memory.store import AUDIT
 
     store = _open(args)
-    entries, problems = AuditLog(store.directory / AUDIT, store.header.store_id, store.key).read()
+    entries, problems = AuditLog(store).read()
     entries = entries[-args.n:] if args.n else entries
-    doc = AuditReport(store=str(store.directory), entries=entries, bad_lines=[f"{n}: {r}" for n, r in problems])
+    doc = AuditReport(store=str(store.directory), entries=entries,
+                      bad_lines=[f"{AUDIT}:{n}: {r}" if n is not None else f"{AUDIT}: {r}" for n, r in problems])
     lines = []
     for e in entries:
         head = f"{e.started_at}  {e.generation_id[:12]}"

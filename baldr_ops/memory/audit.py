@@ -3,22 +3,24 @@
 Each line names the generation, a hash of its prompt (not the prompt), whether the kill switch was
 on, and per layer which records influenced it with what relevance and weight, the size of the
 nudge, how many tokens were nudged and clipped, and the largest realised change relative to the
-residual norm. Lines are signed with the store's key like the records, so the trail cannot be
-edited quietly.
+residual norm. Lines are signed with the store's key and chained like the layer logs (each line's
+HMAC covers its sequence number and the previous line's HMAC; the store's signed head records the
+count), so the trail cannot be edited, cut short or have lines removed quietly. Appends take the
+store lock. A damaged trail is still appended to (after its head, so the damage stays visible):
+losing the record of a generation would be worse.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from baldr_ops.memory.keys import SigningKey
 from baldr_ops.memory.nudge import LayerTrace
 from baldr_ops.memory.recall import LayerMemory
-from baldr_ops.memory.records import canonical
-from baldr_ops.memory.store import append_lines, read_lines
+from baldr_ops.memory.records import BadEntry, canonical
+from baldr_ops.memory.store import AUDIT, MemoryStore
 
 
 class _Model(BaseModel):
@@ -67,26 +69,60 @@ class AuditEntry(_Model):
         return any(layer.records for layer in self.layers)
 
 
-class AuditLog:
-    def __init__(self, path: Path, store_id: str, key: SigningKey):
-        self.path, self.store_id, self.key = Path(path), store_id, key
+@dataclass
+class AuditLine:
+    seq: int
+    prev: str
+    mac: str
+    entry: AuditEntry | None
+    invalid: str | None = None
 
-    def _message(self, body: dict) -> bytes:
-        return canonical({"store": self.store_id, "audit": body})
+
+class AuditLog:
+    """The audit trail of a store: ``DIR/audit.jsonl``."""
+
+    def __init__(self, store: MemoryStore):
+        self.store = store
+        self.path = store.directory / AUDIT
+
+    def _message(self, seq: int, prev: str, body: dict) -> bytes:
+        return canonical({"store": self.store.header.store_id, "log": AUDIT, "seq": seq, "prev": prev, "audit": body})
+
+    def _parse(self, line: bytes) -> AuditLine:
+        try:
+            raw = json.loads(line)
+            body, seq, prev, signature = raw["entry"], raw["seq"], raw["prev"], raw["hmac"]
+            message = self._message(seq, prev, body)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BadEntry(f"not an audit line ({type(exc).__name__})") from exc
+        if not isinstance(seq, int) or isinstance(seq, bool) or not isinstance(prev, str):
+            raise BadEntry("not an audit line (bad seq or prev)")
+        if not self.store.key.verify(message, signature):
+            raise BadEntry("HMAC mismatch")
+        try:
+            return AuditLine(seq, prev, signature, AuditEntry.model_validate(body))
+        except ValidationError as exc:
+            return AuditLine(seq, prev, signature, None, f"signed, but invalid: {str(exc).splitlines()[0]}")
 
     def append(self, entry: AuditEntry) -> None:
         body = entry.model_dump(mode="json")
-        append_lines(self.path, [canonical({"entry": body, "hmac": self.key.sign(self._message(body))}) + b"\n"])
 
-    def read(self) -> tuple[list[AuditEntry], list[tuple[int, str]]]:
-        """The entries that verify, and (line, reason) for those that do not."""
-        entries, problems = [], []
-        for number, line, complete in read_lines(self.path):
-            try:
-                raw = json.loads(line)
-                if not self.key.verify(self._message(raw["entry"]), raw["hmac"]):
-                    raise ValueError("HMAC mismatch")
-                entries.append(AuditEntry.model_validate(raw["entry"]))
-            except (ValueError, KeyError, TypeError, ValidationError) as exc:
-                problems.append((number, "torn last line" if not complete else str(exc).splitlines()[0]))
+        def make(seq: int, prev: str) -> tuple[str, bytes]:
+            mac = self.store.key.sign(self._message(seq, prev, body))
+            return mac, canonical({"seq": seq, "prev": prev, "entry": body, "hmac": mac}) + b"\n"
+
+        self.store.append_chained(AUDIT, self._parse, [make], allow_damaged=True)
+
+    def read(self) -> tuple[list[AuditEntry], list[tuple[int | None, str]]]:
+        """The entries on the unbroken chain, and (line, reason) for everything else (line None: the
+        trail as a whole, e.g. lines missing at its end)."""
+        chain = self.store.read_chain(AUDIT, self._parse)
+        problems = [(p.line, p.reason) for p in chain.problems]
+        entries = []
+        for number, line in chain.links:
+            if line.entry is None:
+                problems.append((number, line.invalid))
+            else:
+                entries.append(line.entry)
+        problems.sort(key=lambda p: (p[0] is None, p[0] or 0))
         return entries, problems

@@ -1,11 +1,14 @@
 """What a store's log holds, and how each entry is signed.
 
-Every line of a layer's log is one `Entry`: ``{"kind", "id", "body", "hmac"}``. The body is a plain
-JSON object; its id is the sha256 of its canonical bytes (sorted keys, no spaces), so an approval
-that names a record id names that record's exact content. The HMAC covers the store id, kind, id
-and body, so a record cannot be edited, moved to another store, or turned into another kind of entry
-without the operator's key. Vectors travel as base64 of little-endian float32, which round-trips
-bit-exactly.
+Every line of a layer's log is one entry: ``{"kind", "id", "seq", "prev", "body", "hmac"}``. The body
+is a plain JSON object; its id is the sha256 of its canonical bytes (sorted keys, no spaces), so an
+approval that names a record id names that record's exact content. The HMAC covers the store id,
+the log's file name, the entry's sequence number in that log, the previous entry's HMAC, the kind,
+the id and the body: a record cannot be edited, moved to another store or another layer's log, or
+turned into another kind of entry without the operator's key, and because each entry names its
+predecessor the log is a hash chain: deleting, reordering or replaying a line breaks it
+(`store.MemoryStore.read_layer` finds where). Vectors travel as base64 of little-endian float32,
+which round-trips bit-exactly.
 
 Kinds: ``reference`` (the layer's clean reference: centre, reference and probe vectors),
 ``record`` (one memory), ``decision`` (approve or revoke a record; records are never rewritten).
@@ -16,6 +19,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -117,40 +121,70 @@ BODY_TYPES: dict[str, type[_Body]] = {"reference": ReferenceBody, "record": Reco
 
 
 # -- entries -------------------------------------------------------------------------------------
-def _message(store_id: str, kind: str, entry_id: str, body: dict) -> bytes:
-    return canonical({"store": store_id, "kind": kind, "id": entry_id, "body": body})
+GENESIS = ""  # the "prev" of a log's first entry
 
 
-def make_entry(store_id: str, kind: Kind, body: _Body, key: SigningKey) -> tuple[str, bytes]:
-    """The entry's id and its log line (one JSON object and a newline)."""
+def _message(store_id: str, log: str, seq: int, prev: str, kind: str, entry_id: str, body: dict) -> bytes:
+    return canonical({"store": store_id, "log": log, "seq": seq, "prev": prev, "kind": kind, "id": entry_id,
+                      "body": body})
+
+
+def make_entry(store_id: str, log: str, seq: int, prev: str, kind: Kind, body: _Body,
+               key: SigningKey) -> tuple[str, str, bytes]:
+    """The entry's id, its HMAC and its log line (one JSON object and a newline), as entry ``seq`` of
+    ``log`` following the entry whose HMAC is ``prev``."""
     plain = body.model_dump(mode="json")
     entry_id = body_id(plain)
-    line = canonical({"kind": kind, "id": entry_id, "body": plain,
-                      "hmac": key.sign(_message(store_id, kind, entry_id, plain))})
-    return entry_id, line + b"\n"
+    mac = key.sign(_message(store_id, log, seq, prev, kind, entry_id, plain))
+    line = canonical({"kind": kind, "id": entry_id, "seq": seq, "prev": prev, "body": plain, "hmac": mac})
+    return entry_id, mac, line + b"\n"
 
 
 class BadEntry(Exception):
-    """A log line that is not a valid entry; the reason says why (for `verify` and `list`)."""
+    """A log line that is not a signed entry; the reason says why (for `verify` and `list`)."""
 
 
-def parse_entry(store_id: str, line: bytes, key: SigningKey) -> tuple[str, str, _Body]:
-    """(kind, id, body) of a log line whose signature and content check out, else `BadEntry`."""
+@dataclass
+class Entry:
+    """A log line whose signature checks out. ``body`` is None (and ``invalid`` says why) when the
+    signed content itself is unusable, e.g. a non-finite vector signed by a compromised writer: such an
+    entry still holds its place in the chain, but it is excluded."""
+
+    kind: str
+    id: str
+    seq: int
+    prev: str
+    mac: str
+    body: _Body | None
+    invalid: str | None = None
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def parse_entry(store_id: str, log: str, line: bytes, key: SigningKey) -> Entry:
+    """The entry on a line of ``log`` if its signature checks out, else `BadEntry`."""
     try:
         raw = json.loads(line)
-        kind, entry_id, body, signature = raw["kind"], raw["id"], raw["body"], raw["hmac"]
+        kind, entry_id, seq, prev, body, signature = (raw["kind"], raw["id"], raw["seq"], raw["prev"], raw["body"],
+                                                      raw["hmac"])
     except (ValueError, KeyError, TypeError) as exc:
         raise BadEntry(f"not a log entry ({type(exc).__name__})") from exc
     if kind not in BODY_TYPES or not isinstance(body, dict):
         raise BadEntry(f"unknown entry kind {kind!r}")
+    if not _is_int(seq) or not isinstance(prev, str) or not isinstance(entry_id, str):
+        raise BadEntry("not a log entry (bad seq, prev or id)")
     try:
-        message = _message(store_id, kind, entry_id, body)
+        message = _message(store_id, log, seq, prev, kind, entry_id, body)
     except (TypeError, ValueError) as exc:  # e.g. NaN smuggled into the JSON
         raise BadEntry(f"body is not canonical JSON ({exc})") from exc
     if not key.verify(message, signature):
-        raise BadEntry("HMAC mismatch (modified, or signed with another key or for another store)")
+        raise BadEntry("HMAC mismatch (modified, or signed with another key, for another store or another log)")
+    entry = Entry(kind, entry_id, seq, prev, signature, None)
     if body_id(body) != entry_id:
-        raise BadEntry("id does not match the body")
+        entry.invalid = "id does not match the body"
+        return entry
     try:
         parsed = BODY_TYPES[kind].model_validate(body)
         if isinstance(parsed, RecordBody):
@@ -160,5 +194,7 @@ def parse_entry(store_id: str, line: bytes, key: SigningKey) -> tuple[str, str, 
         elif isinstance(parsed, ReferenceBody):
             parsed.arrays()
     except (ValueError, TypeError) as exc:
-        raise BadEntry(f"invalid {kind}: {str(exc).splitlines()[0]}") from exc
-    return kind, entry_id, parsed
+        entry.invalid = f"invalid {kind}: {str(exc).splitlines()[0]}"
+        return entry
+    entry.body = parsed
+    return entry

@@ -25,7 +25,7 @@ from baldr_ops.memory.index import IndexFactory
 from baldr_ops.memory.nudge import NudgeSession
 from baldr_ops.memory.recall import LayerMemory
 from baldr_ops.memory.records import now, sha256_text
-from baldr_ops.memory.store import AUDIT, MemoryStore
+from baldr_ops.memory.store import MemoryStore
 from baldr_ops.memory.verify import REDERIVE_TOLERANCE, rederive
 
 
@@ -52,7 +52,7 @@ class MemoryRuntime:
         self.memories = memories
         self.store = store
         self.excluded = excluded or []
-        self.audit = AuditLog(store.directory / AUDIT, store.header.store_id, store.key) if store else None
+        self.audit = AuditLog(store) if store else None
 
     @classmethod
     def load(cls, store: MemoryStore, lm, settings: Sequence[LayerSettings], *, rederive_records: bool = False,
@@ -63,7 +63,7 @@ class MemoryRuntime:
         for s in settings:
             layer = lm.check_layer(s.layer)
             state = store.read_layer(layer)
-            excluded += [Exclusion(layer, f"{p.file}:{p.line}", p.reason) for p in state.problems]
+            excluded += [Exclusion(layer, p.where(), p.reason) for p in state.problems]
             if state.reference is None:
                 raise UserError(f"store {store.directory} has no memories at layer {layer}",
                                 hint=f"layers with memories: {store.layers() or 'none'}; 'memory add --layer {layer}'")

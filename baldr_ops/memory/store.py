@@ -1,17 +1,26 @@
-"""A memory store on disk: a signed header and one append-only, signed log per layer.
+"""A memory store on disk: a signed header, one append-only, hash-chained log per layer, and a signed
+head for every log.
 
 Layout of a store directory::
 
     store.json         header: format, store id, the model the vectors belong to, the key id; signed
+    heads.json         each log's head: entry count, last entry's HMAC, byte size, revoked record ids; signed
     layer-013.jsonl    layer 13's log: reference, record and decision entries, one JSON line each
-    audit.jsonl        one signed line per generation the memory took part in
+    audit.jsonl        one signed line per generation the memory took part in (chained the same way)
     DISABLED           present = the kill switch is on (nothing is injected)
 
-Appends are atomic in the sense that matters: each append is one ``write`` of whole lines under an
-exclusive lock, then ``fsync``; a crash mid-write leaves at worst a torn last line, which readers
-report and skip, and the next append starts on a fresh line, so no earlier entry is ever touched.
-Nothing is rewritten: approvals and revocations are new entries. A line that fails its HMAC (edited,
-truncated, or signed with another key) is excluded and reported, never trusted.
+Integrity (docs/memory.md, "Integrity model"): every entry's HMAC covers its log's name, its sequence
+number and the previous entry's HMAC, so the lines of a log form a chain. `walk_chain` follows it:
+the entries up to the first break are trusted; a break (a missing, reordered, replayed or spliced
+entry) excludes that entry and every later one, and the log counts as damaged. A line that is not a
+signed entry (a torn write, junk) is reported and skipped; if the next entry continues the chain,
+nothing was lost. The head, replaced atomically under the store lock after each append, catches what
+a chain cannot: a log cut at a line boundary. It also keeps every revoked record id, so a revocation
+holds even if its log line is deleted. Appends to a damaged layer log are refused, except revocations.
+
+Appends: each is one ``write`` of whole lines under an exclusive lock, then ``fsync``, then the new
+head; a crash leaves at worst a torn last line (skipped) or entries the head does not count yet
+(they chain, so they are kept). Nothing is rewritten: approvals and revocations are new entries.
 """
 
 from __future__ import annotations
@@ -21,11 +30,11 @@ import json
 import os
 import re
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -33,8 +42,10 @@ from baldr_ops.errors import UserError
 from baldr_ops.memory.identity import ModelIdentity, require_same_model
 from baldr_ops.memory.keys import SigningKey
 from baldr_ops.memory.records import (
+    GENESIS,
     BadEntry,
     DecisionBody,
+    Entry,
     Kind,
     RecordBody,
     ReferenceBody,
@@ -44,8 +55,10 @@ from baldr_ops.memory.records import (
     parse_entry,
 )
 
-FORMAT = "baldr-ops memory store v1"
+FORMAT = "baldr-ops memory store v2"  # v2: chained logs and signed heads
 HEADER = "store.json"
+HEADS = "heads.json"
+HEADS_FORMAT = "baldr-ops memory heads v1"
 AUDIT = "audit.jsonl"
 KILL_FLAG = "DISABLED"
 KILL_ENV = "BALDR_MEMORY_DISABLE"
@@ -69,13 +82,117 @@ class StoreHeader(BaseModel):
         return canonical({"header": self.model_dump(mode="json", exclude={"hmac"})})
 
 
+class LogHead(BaseModel):
+    """What a log held after its last append: checked against the log at every read."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    count: int  # entries in the chain
+    last: str  # the last entry's HMAC
+    size: int  # the file's size in bytes
+    revoked: list[str] = []  # every record id ever revoked in this log (layer logs only)
+
+
+class Heads(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: str
+    store_id: str
+    logs: dict[str, LogHead]
+    hmac: str = ""
+
+    def message(self) -> bytes:
+        return canonical({"heads": self.model_dump(mode="json", exclude={"hmac"})})
+
+
 @dataclass
 class LogProblem:
-    """A log line that was excluded, and why."""
+    """A log line that was excluded, and why (``line`` None: the log or the store as a whole)."""
 
     file: str
-    line: int
+    line: int | None
     reason: str
+
+    def where(self) -> str:
+        return self.file if self.line is None else f"{self.file}:{self.line}"
+
+
+@dataclass
+class Chain:
+    """A log walked along its chain: the entries on it up to the first break (``links``), the signed
+    entries after the break (``after``, excluded), and everything that was wrong."""
+
+    links: list[tuple[int, Any]]  # (line number, parsed entry)
+    after: list[tuple[int, Any]]
+    problems: list[LogProblem]
+    damaged: str | None  # why the log cannot be trusted as a whole (None: intact)
+    next_seq: int  # where the next entry goes: after the chain's tip, or after the head if that is further
+    next_prev: str
+
+
+def _entries(first: int, last: int) -> str:
+    return f"entry #{first}" if first == last else f"entries #{first}-#{last}"
+
+
+def _break_reason(seq: int, tip: int) -> str:
+    if seq <= tip:
+        return f"entry #{seq} comes again or out of order (expected #{tip + 1}): a replayed or reordered line"
+    if seq > tip + 1:
+        return f"{_entries(tip + 1, seq - 1)} missing before this line (deleted, or damaged beyond reading)"
+    return f"entry #{seq} does not follow entry #{tip} (a line spliced in from another copy of the log)"
+
+
+def walk_chain(path: Path, name: str, parse: Callable[[bytes], Any], head: LogHead | None,
+               heads_problem: str | None = None) -> Chain:
+    """Follow a log's chain. ``parse(line)`` returns an object with ``seq``, ``prev`` and ``mac`` for a
+    signed line, or raises `BadEntry`. ``head`` is the log's signed head (None: none recorded)."""
+    links: list[tuple[int, Any]] = []
+    after: list[tuple[int, Any]] = []
+    problems: list[LogProblem] = []
+    broken: int | None = None
+    tip, tip_mac = -1, GENESIS
+    for number, raw, complete in read_lines(path):
+        if not complete:
+            problems.append(LogProblem(name, number, "torn last line (an interrupted write)"))
+            continue
+        try:
+            item = parse(raw)
+        except BadEntry as exc:
+            problems.append(LogProblem(name, number, str(exc)))
+            continue
+        if broken is None and item.seq == tip + 1 and item.prev == tip_mac:
+            links.append((number, item))
+            tip, tip_mac = item.seq, item.mac
+            continue
+        if broken is None:
+            broken = number
+            problems.append(LogProblem(name, number, f"chain break: {_break_reason(item.seq, tip)}; this entry "
+                                                     f"and every later one are excluded"))
+        else:
+            problems.append(LogProblem(name, number, f"after the chain break at line {broken}: excluded"))
+        after.append((number, item))
+    damaged = heads_problem
+    if broken is not None:
+        damaged = damaged or f"chain break at line {broken}"
+    next_seq, next_prev = tip + 1, tip_mac
+    if head is not None:
+        present = len(links) + len(after)
+        if head.count > present:
+            missing = head.count - present
+            problems.append(LogProblem(name, None, f"its signed head records {head.count} entries, the log holds "
+                                                   f"{present}: {missing} missing (the log was cut short, or lines "
+                                                   f"were deleted)"))
+            damaged = damaged or f"{missing} of {head.count} entries missing"
+        elif broken is None and head.count > 0 and links[head.count - 1][1].mac != head.last:
+            line = links[head.count - 1][0]
+            problems.append(LogProblem(name, line, "the log does not match its signed head here (replaced or "
+                                                   "rolled back)"))
+            damaged = damaged or f"does not match its head at line {line}"
+        if head.count > next_seq:
+            next_seq, next_prev = head.count, head.last
+    if heads_problem:
+        problems.append(LogProblem(HEADS, None, heads_problem))
+    return Chain(links, after, problems, damaged, next_seq, next_prev)
 
 
 @dataclass
@@ -95,6 +212,8 @@ class LayerState:
     reference: ReferenceBody | None = None
     records: dict[str, RecordState] = field(default_factory=dict)
     problems: list[LogProblem] = field(default_factory=list)
+    entries: int = 0  # on the unbroken chain
+    damaged: str | None = None  # why the log cannot be trusted as a whole; None: intact
 
     def with_status(self, *statuses: Status) -> list[RecordState]:
         return [r for r in self.records.values() if r.status in statuses]
@@ -141,6 +260,21 @@ def read_lines(path: Path) -> Iterator[tuple[int, bytes, bool]]:
             yield number, piece, number < len(pieces)
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (a 0600 temporary file, fsync, rename, fsync the directory)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+LineMaker = Callable[[int, str], tuple[str, bytes]]  # (seq, prev) -> (hmac, line)
+
+
 class MemoryStore:
     """An opened store: its header checked against the key (and model, when one is given)."""
 
@@ -162,14 +296,10 @@ class MemoryStore:
         header = StoreHeader(format=FORMAT, store_id=uuid.uuid4().hex, created_at=now(), model=model,
                              key_id=key.key_id)
         header.hmac = key.sign(header.message())
-        tmp = directory / f".{HEADER}.{os.getpid()}.tmp"
-        with open(tmp, "w") as fh:
-            fh.write(header.model_dump_json(indent=2) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, directory / HEADER)
-        _fsync_dir(directory)
-        return cls(directory, header, key)
+        store = cls(directory, header, key)
+        store._write_heads(Heads(format=HEADS_FORMAT, store_id=header.store_id, logs={}))
+        _write_private(directory / HEADER, header.model_dump_json(indent=2) + "\n")
+        return store
 
     @classmethod
     def open(cls, directory: str | os.PathLike, key: SigningKey, model: ModelIdentity | None = None) -> MemoryStore:
@@ -184,7 +314,8 @@ class MemoryStore:
             raise UserError(f"the header {path} is unreadable or corrupt: {str(exc).splitlines()[0]}",
                             hint="the records are untouched; restore store.json from a backup") from exc
         if header.format != FORMAT:
-            raise UserError(f"{directory} is in format {header.format!r}; this baldr-ops reads {FORMAT!r}")
+            raise UserError(f"{directory} is in format {header.format!r}; this baldr-ops reads {FORMAT!r}",
+                            hint="stores of the unchained v1 format are not read: add the texts to a new store")
         if header.key_id != key.key_id:
             raise UserError(f"{directory} was signed with key id {header.key_id}; the key from {key.origin} has id "
                             f"{key.key_id}", hint="give the key the store was made with (--key-file or $BALDR_MEMORY_KEY)")
@@ -201,47 +332,85 @@ class MemoryStore:
             return cls.open(directory, key, model)
         return cls.create(directory, model, key)
 
+    # -- heads -----------------------------------------------------------------------------------
+    def load_heads(self) -> tuple[Heads | None, str | None]:
+        """The signed heads, or None and why they cannot be used. Read them before the logs they
+        describe: a writer appends to a log first and replaces its head after."""
+        path = self.directory / HEADS
+        try:
+            heads = Heads.model_validate(json.loads(path.read_text()))
+        except FileNotFoundError:
+            return None, f"{HEADS} is missing, so a log cut short cannot be detected"
+        except (OSError, ValueError, ValidationError):
+            return None, f"{HEADS} is unreadable or corrupt, so a log cut short cannot be detected"
+        if (heads.format != HEADS_FORMAT or heads.store_id != self.header.store_id
+                or not self.key.verify(heads.message(), heads.hmac)):
+            return None, f"{HEADS} fails its HMAC (modified, or from another store)"
+        return heads, None
+
+    def _write_heads(self, heads: Heads) -> None:
+        heads.hmac = self.key.sign(heads.message())
+        _write_private(self.directory / HEADS, heads.model_dump_json() + "\n")
+
     # -- reading -------------------------------------------------------------------------------
     def layers(self) -> list[int]:
-        found = (_LAYER_FILE.match(p.name) for p in self.directory.iterdir())
+        """Layers with a log, or with a head (a log that was deleted is still listed, and reported)."""
+        heads, _ = self.load_heads()
+        names = {p.name for p in self.directory.iterdir()} | set(heads.logs if heads else ())
+        found = (_LAYER_FILE.match(name) for name in names)
         return sorted(int(m.group(1)) for m in found if m)
 
+    def read_chain(self, name: str, parse: Callable[[bytes], Any]) -> Chain:
+        heads, problem = self.load_heads()
+        return walk_chain(self.directory / name, name, parse, heads.logs.get(name) if heads else None, problem)
+
+    def _parse_layer_line(self, name: str) -> Callable[[bytes], Entry]:
+        return lambda raw: parse_entry(self.header.store_id, name, raw, self.key)
+
     def read_layer(self, layer: int) -> LayerState:
-        state = LayerState(layer)
+        """Everything trustworthy in a layer's log. Entries on the chain up to its first break count;
+        after a break only revocations do (revoking is always safe), and every id the signed head
+        lists as revoked stays revoked, even if its log line is gone."""
         name = layer_file(layer)
-        decisions: list[tuple[str, DecisionBody]] = []
-        for number, line, complete in read_lines(self.directory / name):
-            if not complete:
-                state.problems.append(LogProblem(name, number, "torn last line (an interrupted write)"))
-                continue
-            try:
-                kind, entry_id, body = parse_entry(self.header.store_id, line, self.key)
-            except BadEntry as exc:
-                state.problems.append(LogProblem(name, number, str(exc)))
-                continue
-            if getattr(body, "layer", layer) != layer:
+        heads, heads_problem = self.load_heads()
+        head = heads.logs.get(name) if heads else None
+        chain = walk_chain(self.directory / name, name, self._parse_layer_line(name), head, heads_problem)
+        state = LayerState(layer, problems=list(chain.problems), entries=len(chain.links), damaged=chain.damaged)
+        decisions: list[tuple[int, DecisionBody]] = []
+        for number, entry in chain.links:
+            body = entry.body
+            if body is None:
+                state.problems.append(LogProblem(name, number, f"signed, but {entry.invalid}"))
+            elif getattr(body, "layer", layer) != layer:
                 state.problems.append(LogProblem(name, number, f"entry for layer {body.layer} in {name}"))
-            elif kind == "reference":
+            elif entry.kind == "reference":
                 if state.reference is None:
-                    state.reference_id, state.reference = entry_id, body
-            elif kind == "record":
+                    state.reference_id, state.reference = entry.id, body
+            elif entry.kind == "record":
                 if body.reference_id != state.reference_id:
                     state.problems.append(LogProblem(name, number, "record measured against an unknown reference"))
                 else:
-                    state.records.setdefault(entry_id, RecordState(entry_id, body))
+                    state.records.setdefault(entry.id, RecordState(entry.id, body))
             else:
-                decisions.append((f"{name}:{number}", body))
-        for where, decision in decisions:
+                decisions.append((number, body))
+        for number, decision in decisions:
             record = state.records.get(decision.record_id)
             if record is None:
-                file, _, number = where.partition(":")
-                state.problems.append(LogProblem(file, int(number), f"decision for unknown record {decision.record_id}"))
+                state.problems.append(LogProblem(name, number, f"decision for unknown record {decision.record_id}"))
             elif record.status == "revoked":
                 continue  # revocation is final
             elif decision.decision == "revoke":
                 record.status, record.decided_at = "revoked", decision.decided_at
             elif not record.body.flags or decision.override_flags:
                 record.status, record.decided_at = "approved", decision.decided_at
+        late = [(e.body.record_id, e.body.decided_at) for _, e in chain.after
+                if isinstance(e.body, DecisionBody) and e.body.decision == "revoke"]
+        late += [(rid, None) for rid in (head.revoked if head else [])]
+        for rid, decided_at in late:
+            record = state.records.get(rid)
+            if record is not None and record.status != "revoked":
+                record.status, record.decided_at = "revoked", decided_at
+        state.problems.sort(key=lambda p: (p.line is None, p.line or 0))
         return state
 
     def find_record(self, record_id: str) -> tuple[int, RecordState]:
@@ -266,12 +435,60 @@ class MemoryStore:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
-    def append(self, layer: int, entries: Sequence[tuple[Kind, ReferenceBody | RecordBody | DecisionBody]]) -> list[str]:
-        """Sign and append entries to a layer's log in one write; returns their ids."""
-        signed = [make_entry(self.header.store_id, kind, body, self.key) for kind, body in entries]
+    def append_chained(self, name: str, parse: Callable[[bytes], Any], makers: Sequence[LineMaker], *,
+                       revoked: Sequence[str] = (), damaged: str | None = None,
+                       allow_damaged: bool = False) -> list[str]:
+        """Append entries to the log ``name`` as one write, each chained to the one before, and then
+        replace its head; returns their HMACs. ``makers[i](seq, prev)`` signs entry i. A damaged log
+        (``damaged``: what the caller found reading it under the lock) is refused unless
+        ``allow_damaged``; entries then go after the head, so the damage stays visible."""
+        path = self.directory / name
         with self.locked():
-            append_lines(self.directory / layer_file(layer), [line for _, line in signed])
-        return [entry_id for entry_id, _ in signed]
+            heads, heads_problem = self.load_heads()
+            head = heads.logs.get(name) if heads else None
+            size = path.stat().st_size if path.exists() else 0
+            if heads is not None and size == (head.size if head else 0):
+                # Nothing was written since the head: the head is the tip.
+                seq, prev = (head.count, head.last) if head else (0, GENESIS)
+            else:  # a crash after a write, a torn line, or damage: follow the chain
+                chain = walk_chain(path, name, parse, head, heads_problem)
+                seq, prev, damaged = chain.next_seq, chain.next_prev, damaged or chain.damaged
+            if damaged and not allow_damaged:
+                raise UserError(f"the log {path} is damaged ({damaged}); not appending to it",
+                                hint="'baldr-ops memory verify' shows the damage; restore the store from a backup. "
+                                     "Revocations are still recorded, and 'memory disable' still works")
+            lines, macs = [], []
+            for make in makers:
+                mac, line = make(seq, prev)
+                lines.append(line)
+                macs.append(mac)
+                seq, prev = seq + 1, mac
+            append_lines(path, lines)
+            if heads is not None:  # without valid heads, none is written: the problem stays visible
+                old = set(head.revoked) if head else set()
+                heads.logs[name] = LogHead(count=seq, last=prev, size=path.stat().st_size,
+                                           revoked=sorted(old | set(revoked)))
+                self._write_heads(heads)
+        return macs
+
+    def append(self, layer: int, entries: Sequence[tuple[Kind, ReferenceBody | RecordBody | DecisionBody]], *,
+               damaged: str | None = None) -> list[str]:
+        """Sign and append entries to a layer's log in one write; returns their ids. Refused on a
+        damaged log, except when every entry is a revocation."""
+        name = layer_file(layer)
+        ids: list[str] = []
+
+        def maker(kind: Kind, body) -> LineMaker:
+            def make(seq: int, prev: str) -> tuple[str, bytes]:
+                entry_id, mac, line = make_entry(self.header.store_id, name, seq, prev, kind, body, self.key)
+                ids.append(entry_id)
+                return mac, line
+            return make
+
+        revokes = [b.record_id for k, b in entries if k == "decision" and b.decision == "revoke"]
+        self.append_chained(name, self._parse_layer_line(name), [maker(k, b) for k, b in entries], revoked=revokes,
+                            damaged=damaged, allow_damaged=len(revokes) == len(entries))
+        return ids
 
     def decide(self, record_id: str, decision: Literal["approve", "revoke"], override_flags: bool = False,
                note: str | None = None) -> RecordState:
@@ -283,7 +500,8 @@ class MemoryStore:
             raise UserError(f"record {record.id} is flagged ({', '.join(record.body.flags)}); not approving it",
                             hint="inspect it with 'memory list', then approve with --override-flags if it is sound")
         self.append(layer, [("decision", DecisionBody(record_id=record.id, decision=decision, decided_at=now(),
-                                                       override_flags=override_flags, note=note))])
+                                                       override_flags=override_flags, note=note))],
+                    damaged=self.read_layer(layer).damaged)
         return self.read_layer(layer).records[record.id]
 
     # -- kill switch ---------------------------------------------------------------------------

@@ -14,9 +14,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from baldr_ops.memory.audit import AuditLog
 from baldr_ops.memory.derive import pooled
 from baldr_ops.memory.identity import identity_of, require_same_model
-from baldr_ops.memory.store import LayerState, MemoryStore, RecordState
+from baldr_ops.memory.store import AUDIT, LayerState, MemoryStore, RecordState
 from baldr_ops.schema import Document
 
 REDERIVE_TOLERANCE = 1e-4
@@ -54,7 +55,7 @@ class LineProblem(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     file: str
-    line: int
+    line: int | None  # None: the log (or the store) as a whole
     reason: str
 
 
@@ -63,6 +64,8 @@ class LayerCheck(BaseModel):
 
     layer: int
     reference: bool
+    entries: int  # on the unbroken chain
+    damaged: str | None  # why the log cannot be trusted as a whole (a chain break, missing entries)
     approved: int
     quarantined: int
     revoked: int
@@ -75,12 +78,20 @@ class LayerCheck(BaseModel):
         return self.reference and not self.problems and all(r.ok for r in self.rederived or [])
 
 
+class AuditCheck(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    entries: int
+    problems: list[LineProblem]
+
+
 class VerifyReport(Document):
     store: str
     model: str
     key_id: str
     disabled: str | None
     layers: list[LayerCheck]
+    audit: AuditCheck
     ok: bool
 
 
@@ -93,7 +104,8 @@ def verify_store(store: MemoryStore, lm=None, rederive_records: bool = False, to
     for layer in store.layers():
         state = store.read_layer(layer)
         records = list(state.records.values())
-        check = LayerCheck(layer=layer, reference=state.reference is not None,
+        check = LayerCheck(layer=layer, reference=state.reference is not None, entries=state.entries,
+                           damaged=state.damaged,
                            approved=sum(r.status == "approved" for r in records),
                            quarantined=sum(r.status == "quarantined" for r in records),
                            revoked=sum(r.status == "revoked" for r in records),
@@ -104,5 +116,8 @@ def verify_store(store: MemoryStore, lm=None, rederive_records: bool = False, to
             progress(f"layer {layer}: re-deriving {len(live)} record(s)")
             check.rederived = rederive(lm, state, live, tolerance, progress)
         layers.append(check)
+    entries, problems = AuditLog(store).read()
+    audit = AuditCheck(entries=len(entries), problems=[LineProblem(file=AUDIT, line=n, reason=r) for n, r in problems])
     return VerifyReport(store=str(store.directory), model=store.header.model.short(), key_id=store.header.key_id,
-                        disabled=store.disabled_reason(), layers=layers, ok=all(c.ok for c in layers))
+                        disabled=store.disabled_reason(), layers=layers, audit=audit,
+                        ok=all(c.ok for c in layers) and not audit.problems)

@@ -81,15 +81,16 @@ def test_memory_commands_end_to_end(tmp_path, capsys, demo_model, monkeypatch):
     assert len(entries) == 4 and entries[-1]["disabled"] and entries[0]["layers"][0]["records"]
     code, out, _ = _run(capsys, "memory", "verify", *common, "--model", "demo", "--rederive")
     assert code == 0 and "OK" in out
-    # Corrupt a record: verify says so (exit 1), list still works and shows one record.
+    # Corrupt the second record: verify says so (exit 1); list still works and shows the first,
+    # quarantined (its approval comes after the break).
     log = tmp_path / "store" / "layer-013.jsonl"
     lines = log.read_text().split("\n")
-    lines[1] = lines[1][:-20] + "x" * 20
+    lines[2] = lines[2][:-20] + "x" * 20
     log.write_text("\n".join(lines))
     code, out, _ = _run(capsys, "memory", "verify", *common)
-    assert code == 1 and "layer-013.jsonl:2" in out
+    assert code == 1 and "layer-013.jsonl:3" in out and "LOG DAMAGED" in out
     code, out, _ = _run(capsys, "memory", "list", *common)
-    assert code == 0 and "1 record(s); 2 bad line(s)" in out  # the record and its approval
+    assert code == 0 and "1 record(s); 4 bad line(s)" in out and "quarantined" in out
     # A wrong key is one clear line.
     other = str(tmp_path / "other.key")
     _run(capsys, "memory", "keygen", "--key-file", other)

@@ -12,7 +12,7 @@ from baldr_ops.memory.audit import AuditLog
 from baldr_ops.memory.config import LayerSettings
 from baldr_ops.memory.records import RecordBody, encode_array, now, sha256_text
 from baldr_ops.memory.runtime import MemoryRuntime
-from baldr_ops.memory.store import AUDIT, KILL_ENV, layer_file
+from baldr_ops.memory.store import KILL_ENV, layer_file
 from baldr_ops.research import hooks
 
 pytestmark = pytest.mark.research
@@ -54,7 +54,7 @@ def test_relevant_prompt_is_nudged_and_audited(store_copy, smollm2):
     assert labels == {"finance"}
     assert all(0 < r.weight <= 1.0 for r in layer.records) and layer.tokens_nudged > 0
     assert 0 < layer.max_ratio <= 0.5 + 1e-3
-    logged, problems = AuditLog(store_copy.directory / AUDIT, store_copy.header.store_id, store_copy.key).read()
+    logged, problems = AuditLog(store_copy).read()
     assert not problems and logged[-1].generation_id == entry.generation_id
 
 

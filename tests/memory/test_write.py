@@ -61,15 +61,21 @@ def test_reload_is_bit_exact(store_copy, smollm2):
 
 
 def test_a_modified_record_is_excluded_from_recall(store_copy, smollm2):
+    """The last music record is modified: it, and every entry after it (the music approvals), are
+    excluded; the 12 records before stay in recall, and the layer counts as damaged."""
     path = store_copy.directory / layer_file(13)
     lines = path.read_text().split("\n")
-    victim = json.loads(lines[3])
-    lines[3] = lines[3].replace('"label":"', '"label":"x', 1)
+    victim_line = max(i for i, line in enumerate(lines) if '"kind":"record"' in line)
+    victim = json.loads(lines[victim_line])
+    assert victim["body"]["label"] == "music"
+    lines[victim_line] = lines[victim_line].replace('"label":"', '"label":"x', 1)
     path.write_text("\n".join(lines))
     runtime = MemoryRuntime.load(store_copy, smollm2, [LayerSettings(layer=13)])
-    assert runtime.memories[13].size == 15 and victim["id"] not in runtime.memories[13].record_ids
-    assert runtime.excluded[0].what == f"{layer_file(13)}:4" and "HMAC" in runtime.excluded[0].reason
-    assert [e.reason for e in runtime.excluded[1:]] == [f"decision for unknown record {victim['id']}"]
+    labels = {store_copy.read_layer(13).records[rid].body.label for rid in runtime.memories[13].record_ids}
+    assert runtime.memories[13].size == 12 and labels == {"cooking", "astronomy", "finance"}
+    assert victim["id"] not in runtime.memories[13].record_ids
+    assert runtime.excluded[0].what == f"{layer_file(13)}:{victim_line + 1}" and "HMAC" in runtime.excluded[0].reason
+    assert "chain break" in runtime.excluded[1].reason
     assert not verify_store(store_copy).ok
 
 
