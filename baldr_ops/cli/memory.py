@@ -219,21 +219,24 @@ def run_add(args) -> int:
     if not texts:
         raise UserError("no memory text given", hint="give texts as arguments or --file FILE (one per line)")
     require_research_extra()
-    key = _key(args)  # before loading the model: a missing key fails fast
     from baldr_ops.memory.config import default_layer
     from baldr_ops.memory.identity import identity_of
     from baldr_ops.memory.reports import AddReport
     from baldr_ops.memory.store import MemoryStore
-    from baldr_ops.memory.writer import add_texts
+    from baldr_ops.memory.writer import add_texts, check_origin
 
+    # Everything that can be checked is checked before the store is touched; a new store is written
+    # only at its first append (MemoryStore.new), so a failed add leaves no file behind.
+    check_origin(args.origin, args.allow_untrusted_origin)
+    key = _key(args)  # before loading the model: a missing key fails fast
     lm = load_model_from_args(args)
     ident = identity_of(lm)
-    store = MemoryStore.open_or_create(args.store, key, ident)
     if args.layer:
         layers, source = [lm.check_layer(layer) for layer in args.layer], "given"
     else:
         layer, source = default_layer(lm.n_layers, ident.weights_sha256, args.profile)
         layers = [layer]
+    store = MemoryStore.open_or_create(args.store, key, ident)
     records = add_texts(store, lm, texts, layers, origin=args.origin, label=args.label,
                         allow_untrusted_origin=args.allow_untrusted_origin, keep_flagged=args.keep_flagged,
                         progress=progress)

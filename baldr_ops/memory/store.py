@@ -29,6 +29,8 @@ import fcntl
 import json
 import os
 import re
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -260,6 +262,23 @@ def read_lines(path: Path) -> Iterator[tuple[int, bytes, bool]]:
             yield number, piece, number < len(pieces)
 
 
+class StoreAppeared(Exception):
+    """A pending store's directory became a store meanwhile: another process wrote it first."""
+
+
+def _write_chain(path: Path, makers: Sequence[Callable[[int, str], tuple[str, bytes]]], seq: int,
+                 prev: str) -> tuple[int, str, list[str]]:
+    """Sign entries from (seq, prev) on and append them in one write: (count, last HMAC, HMACs)."""
+    lines, macs = [], []
+    for make in makers:
+        mac, line = make(seq, prev)
+        lines.append(line)
+        macs.append(mac)
+        seq, prev = seq + 1, mac
+    append_lines(path, lines)
+    return seq, prev, macs
+
+
 def _write_private(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically (a 0600 temporary file, fsync, rename, fsync the directory)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -278,27 +297,34 @@ LineMaker = Callable[[int, str], tuple[str, bytes]]  # (seq, prev) -> (hmac, lin
 class MemoryStore:
     """An opened store: its header checked against the key (and model, when one is given)."""
 
-    def __init__(self, directory: Path, header: StoreHeader, key: SigningKey):
+    def __init__(self, directory: Path, header: StoreHeader, key: SigningKey, pending: bool = False):
         self.directory = directory
         self.header = header
         self.key = key
+        self.pending = pending  # not on disk yet (`new`)
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
-    def create(cls, directory: str | os.PathLike, model: ModelIdentity, key: SigningKey) -> MemoryStore:
+    def new(cls, directory: str | os.PathLike, model: ModelIdentity, key: SigningKey) -> MemoryStore:
+        """A store that exists only in memory until its first append, which writes the directory
+        whole (header, heads and the first logs, 0700 and 0600) with one rename: a failed first add
+        leaves nothing behind. Refuses a directory that exists and is neither empty nor a store."""
         directory = Path(directory).expanduser()
         if (directory / HEADER).exists():
             raise UserError(f"{directory} is already a memory store")
-        if directory.exists() and any(directory.iterdir()):
+        if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
             raise UserError(f"{directory} exists and is not an empty directory or a memory store",
                             hint="give a new or empty directory for --store")
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         header = StoreHeader(format=FORMAT, store_id=uuid.uuid4().hex, created_at=now(), model=model,
                              key_id=key.key_id)
         header.hmac = key.sign(header.message())
-        store = cls(directory, header, key)
-        store._write_heads(Heads(format=HEADS_FORMAT, store_id=header.store_id, logs={}))
-        _write_private(directory / HEADER, header.model_dump_json(indent=2) + "\n")
+        return cls(directory, header, key, pending=True)
+
+    @classmethod
+    def create(cls, directory: str | os.PathLike, model: ModelIdentity, key: SigningKey) -> MemoryStore:
+        """A new, empty store, written now."""
+        store = cls.new(directory, model, key)
+        store._materialize({})
         return store
 
     @classmethod
@@ -328,14 +354,56 @@ class MemoryStore:
 
     @classmethod
     def open_or_create(cls, directory: str | os.PathLike, key: SigningKey, model: ModelIdentity) -> MemoryStore:
+        """The store at ``directory``, or a `new` one (written at its first append)."""
         if (Path(directory).expanduser() / HEADER).exists():
             return cls.open(directory, key, model)
-        return cls.create(directory, model, key)
+        return cls.new(directory, model, key)
+
+    def _materialize(self, logs: dict[str, tuple[Sequence[LineMaker], Sequence[str]]]) -> dict[str, list[str]]:
+        """Write a pending store with its first logs ({name: (makers, revoked ids)}): everything goes
+        into a private temporary directory next to it, which is then renamed into place. If another
+        process created the store first, `StoreAppeared`."""
+        directory = self.directory
+        if (directory / HEADER).exists():
+            raise StoreAppeared(str(directory))
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))  # 0700
+        try:
+            heads = Heads(format=HEADS_FORMAT, store_id=self.header.store_id, logs={})
+            out = {}
+            for name, (makers, revoked) in logs.items():
+                count, last, out[name] = _write_chain(tmp / name, makers, 0, GENESIS)
+                heads.logs[name] = LogHead(count=count, last=last, size=(tmp / name).stat().st_size,
+                                           revoked=sorted(set(revoked)))
+            heads.hmac = self.key.sign(heads.message())
+            _write_private(tmp / HEADS, heads.model_dump_json() + "\n")
+            _write_private(tmp / HEADER, self.header.model_dump_json(indent=2) + "\n")
+            os.close(os.open(tmp / _LOCK, os.O_RDWR | os.O_CREAT, 0o600))  # there from the start: locking adds no file
+            try:
+                os.rename(tmp, directory)  # replaces an empty directory; fails on a non-empty one
+            except OSError as exc:
+                if (directory / HEADER).exists():
+                    raise StoreAppeared(str(directory)) from exc
+                raise UserError(f"{directory} exists and is not an empty directory or a memory store",
+                                hint="give a new or empty directory for --store") from exc
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _fsync_dir(directory.parent)
+        self.pending = False
+        return out
+
+    def adopt(self) -> None:
+        """After `StoreAppeared`: become the store another process wrote (same key and model)."""
+        other = MemoryStore.open(self.directory, self.key, self.header.model)
+        self.header, self.pending = other.header, False
 
     # -- heads -----------------------------------------------------------------------------------
     def load_heads(self) -> tuple[Heads | None, str | None]:
         """The signed heads, or None and why they cannot be used. Read them before the logs they
         describe: a writer appends to a log first and replaces its head after."""
+        if self.pending:
+            return Heads(format=HEADS_FORMAT, store_id=self.header.store_id, logs={}), None
         path = self.directory / HEADS
         try:
             heads = Heads.model_validate(json.loads(path.read_text()))
@@ -355,6 +423,8 @@ class MemoryStore:
     # -- reading -------------------------------------------------------------------------------
     def layers(self) -> list[int]:
         """Layers with a log, or with a head (a log that was deleted is still listed, and reported)."""
+        if self.pending:
+            return []
         heads, _ = self.load_heads()
         names = {p.name for p in self.directory.iterdir()} | set(heads.logs if heads else ())
         found = (_LAYER_FILE.match(name) for name in names)
@@ -427,6 +497,11 @@ class MemoryStore:
     # -- writing -------------------------------------------------------------------------------
     @contextmanager
     def locked(self) -> Iterator[None]:
+        """The store's exclusive lock. A pending store has nothing to lock: its first write is one
+        atomic rename that fails if another process got there first."""
+        if self.pending:
+            yield
+            return
         fd = os.open(self.directory / _LOCK, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -442,6 +517,8 @@ class MemoryStore:
         replace its head; returns their HMACs. ``makers[i](seq, prev)`` signs entry i. A damaged log
         (``damaged``: what the caller found reading it under the lock) is refused unless
         ``allow_damaged``; entries then go after the head, so the damage stays visible."""
+        if self.pending:
+            return self._materialize({name: (makers, revoked)})[name]
         path = self.directory / name
         with self.locked():
             heads, heads_problem = self.load_heads()
@@ -457,26 +534,16 @@ class MemoryStore:
                 raise UserError(f"the log {path} is damaged ({damaged}); not appending to it",
                                 hint="'baldr-ops memory verify' shows the damage; restore the store from a backup. "
                                      "Revocations are still recorded, and 'memory disable' still works")
-            lines, macs = [], []
-            for make in makers:
-                mac, line = make(seq, prev)
-                lines.append(line)
-                macs.append(mac)
-                seq, prev = seq + 1, mac
-            append_lines(path, lines)
+            count, last, macs = _write_chain(path, makers, seq, prev)
             if heads is not None:  # without valid heads, none is written: the problem stays visible
                 old = set(head.revoked) if head else set()
-                heads.logs[name] = LogHead(count=seq, last=prev, size=path.stat().st_size,
+                heads.logs[name] = LogHead(count=count, last=last, size=path.stat().st_size,
                                            revoked=sorted(old | set(revoked)))
                 self._write_heads(heads)
         return macs
 
-    def append(self, layer: int, entries: Sequence[tuple[Kind, ReferenceBody | RecordBody | DecisionBody]], *,
-               damaged: str | None = None) -> list[str]:
-        """Sign and append entries to a layer's log in one write; returns their ids. Refused on a
-        damaged log, except when every entry is a revocation."""
+    def _layer_makers(self, layer: int, entries, ids: list[str]) -> tuple[list[LineMaker], list[str]]:
         name = layer_file(layer)
-        ids: list[str] = []
 
         def maker(kind: Kind, body) -> LineMaker:
             def make(seq: int, prev: str) -> tuple[str, bytes]:
@@ -486,8 +553,27 @@ class MemoryStore:
             return make
 
         revokes = [b.record_id for k, b in entries if k == "decision" and b.decision == "revoke"]
-        self.append_chained(name, self._parse_layer_line(name), [maker(k, b) for k, b in entries], revoked=revokes,
-                            damaged=damaged, allow_damaged=len(revokes) == len(entries))
+        return [maker(k, b) for k, b in entries], revokes
+
+    def append(self, layer: int, entries: Sequence[tuple[Kind, ReferenceBody | RecordBody | DecisionBody]], *,
+               damaged: str | None = None) -> list[str]:
+        """Sign and append entries to a layer's log in one write; returns their ids. Refused on a
+        damaged log, except when every entry is a revocation."""
+        return self.append_layers({layer: entries}, {layer: damaged})[layer]
+
+    def append_layers(self, entries: dict[int, Sequence[tuple[Kind, ReferenceBody | RecordBody | DecisionBody]]],
+                      damaged: dict[int, str | None] | None = None) -> dict[int, list[str]]:
+        """`append` for several layers; a pending store writes them all with its first rename."""
+        damaged = damaged or {}
+        ids = {layer: [] for layer in entries}
+        makers = {layer: self._layer_makers(layer, todo, ids[layer]) for layer, todo in entries.items()}
+        if self.pending:
+            self._materialize({layer_file(layer): m for layer, m in makers.items()})
+            return ids
+        for layer, (todo, revokes) in makers.items():
+            name = layer_file(layer)
+            self.append_chained(name, self._parse_layer_line(name), todo, revoked=revokes,
+                                damaged=damaged.get(layer), allow_damaged=len(revokes) == len(todo))
         return ids
 
     def decide(self, record_id: str, decision: Literal["approve", "revoke"], override_flags: bool = False,

@@ -8,7 +8,9 @@ Policy, enforced here and nowhere weakened downstream:
   it cannot be approved without ``--override-flags``. Nothing in the generation path imports this
   module: the model's own output never writes memory;
 * a batch is checked completely before anything is written: a non-finite vector, a flagged record
-  (unless ``keep_flagged``) or a bad origin writes nothing, so a failed add leaves the store as it was;
+  (unless ``keep_flagged``) or a bad origin writes nothing, so a failed add leaves the store as it was.
+  A new layer's reference entry is written in the same append as its first records, and a new store
+  (`MemoryStore.new`) is written at that first append, so a failed first add leaves no file at all;
 * every new record is quarantined: recall uses only approved records.
 """
 
@@ -24,12 +26,13 @@ from baldr_ops.errors import UserError
 from baldr_ops.memory import corpus
 from baldr_ops.memory.config import ScreenSettings
 from baldr_ops.memory.derive import pooled
-from baldr_ops.memory.identity import ModelIdentity, identity_of
+from baldr_ops.memory.identity import ModelIdentity, identity_of, require_same_model
 from baldr_ops.memory.records import (
     TRUSTED_ORIGINS,
     UNTRUSTED_ORIGINS,
     RecordBody,
     ReferenceBody,
+    body_id,
     encode_array,
     now,
     sha256_text,
@@ -74,26 +77,41 @@ def check_origin(origin: str, allow_untrusted_origin: bool) -> list[str]:
     raise UserError(f"unknown origin {origin!r}", hint=f"one of: {', '.join(TRUSTED_ORIGINS + UNTRUSTED_ORIGINS)}")
 
 
-def ensure_reference(store: MemoryStore, lm, layer: int,
-                     progress: Callable[[str], None] = lambda _: None) -> LayerState:
-    """The layer's state, with its reference entry written first if the layer is new."""
-    state = store.read_layer(layer)
+def measure_references(lm, layers: Sequence[int], progress: Callable[[str], None] = lambda _: None
+                       ) -> dict[int, ReferenceBody]:
+    """The clean reference of each layer (the built-in reference texts and probes, pooled), unwritten."""
+    if not layers:
+        return {}
+    progress(f"layer(s) {', '.join(map(str, layers))}: measuring the clean reference "
+             f"({len(corpus.REFERENCE_TEXTS)} texts, {len(corpus.PROBE_QUERIES)} probes)")
+    states = pooled(lm, list(corpus.REFERENCE_TEXTS) + list(corpus.PROBE_QUERIES), layers)
+    out = {}
+    for layer in layers:
+        values = states[layer].numpy()
+        ref, probes = values[:len(corpus.REFERENCE_TEXTS)], values[len(corpus.REFERENCE_TEXTS):]
+        centre = ref.mean(axis=0)
+        out[layer] = ReferenceBody(layer=layer, corpus_sha256=corpus.corpus_fingerprint(), created_at=now(),
+                                   d_model=int(ref.shape[1]), n_reference=len(ref), n_probes=len(probes),
+                                   centre=encode_array(centre), reference=encode_array(ref - centre),
+                                   probes=encode_array(probes - centre))
+    return out
+
+
+def _with_reference(store: MemoryStore, state: LayerState, references: dict[int, ReferenceBody]) -> ReferenceBody | None:
+    """Give a layer without a reference the one measured for it (returned: it must be written with the
+    records). A damaged log, or records without a reference, is an error."""
+    if state.damaged:
+        raise UserError(f"the log of layer {state.layer} in {store.directory} is damaged ({state.damaged}); "
+                        f"not adding to it", hint="'baldr-ops memory verify' shows the damage; restore the store "
+                                                  "from a backup")
     if state.reference is not None:
-        return state
+        return None
     if state.records:
-        raise UserError(f"layer {layer} of {store.directory} has records but its reference entry is missing or "
+        raise UserError(f"layer {state.layer} of {store.directory} has records but its reference entry is missing or "
                         f"corrupt", hint="'baldr-ops memory verify' shows the damaged line")
-    progress(f"layer {layer}: measuring the clean reference ({len(corpus.REFERENCE_TEXTS)} texts, "
-             f"{len(corpus.PROBE_QUERIES)} probes)")
-    states = pooled(lm, list(corpus.REFERENCE_TEXTS) + list(corpus.PROBE_QUERIES), [layer])[layer].numpy()
-    ref, probes = states[:len(corpus.REFERENCE_TEXTS)], states[len(corpus.REFERENCE_TEXTS):]
-    centre = ref.mean(axis=0)
-    body = ReferenceBody(layer=layer, corpus_sha256=corpus.corpus_fingerprint(), created_at=now(),
-                         d_model=int(ref.shape[1]), n_reference=len(ref), n_probes=len(probes),
-                         centre=encode_array(centre), reference=encode_array(ref - centre),
-                         probes=encode_array(probes - centre))
-    store.append(layer, [("reference", body)])
-    return store.read_layer(layer)
+    state.reference = references[state.layer]
+    state.reference_id = body_id(state.reference.model_dump(mode="json"))
+    return state.reference
 
 
 def screen_for(state: LayerState, settings: ScreenSettings | None = None) -> ReferenceScreen:
@@ -125,7 +143,7 @@ def _prepare(store: MemoryStore, state: LayerState, candidates: list[Candidate],
             keys.append(c.key)
 
 
-def _write(store: MemoryStore, candidates: list[Candidate], keep_flagged: bool) -> list[AddedRecord]:
+def _check(candidates: list[Candidate], keep_flagged: bool) -> None:
     bad = [c for c in candidates if c.body is not None and any(f.endswith("not-finite") for f in c.body.flags)]
     if bad:
         raise UserError(f"refusing a non-finite vector (NaN or infinity) for {bad[0].text[:60]!r} at layer "
@@ -136,11 +154,19 @@ def _write(store: MemoryStore, candidates: list[Candidate], keep_flagged: bool) 
         raise UserError(f"{len(flagged)} of {len(candidates)} memories failed the write-time screens, e.g. "
                         f"{first.text[:60]!r} at layer {first.layer}: {', '.join(first.body.flags)}; nothing was written",
                         hint="--keep-flagged stores them quarantined and flagged, for review")
+
+
+def _write(store: MemoryStore, candidates: list[Candidate], references: dict[int, ReferenceBody]) -> list[AddedRecord]:
+    """Append each layer's new reference (if any) and records."""
+    layers = sorted({c.layer for c in candidates})
+    todo = {layer: [c for c in candidates if c.layer == layer and c.body is not None] for layer in layers}
+    entries = {layer: ([("reference", references[layer])] if layer in references else [])
+                      + [("record", c.body) for c in todo[layer]] for layer in layers}
+    ids = store.append_layers({layer: e for layer, e in entries.items() if e})
     out = []
-    for layer in sorted({c.layer for c in candidates}):
-        todo = [c for c in candidates if c.layer == layer and c.body is not None]
-        ids = store.append(layer, [("record", c.body) for c in todo]) if todo else []
-        written = dict(zip(map(id, todo), ids, strict=True))
+    for layer in layers:
+        written = dict(zip(map(id, todo[layer]), ids.get(layer, [])[len(entries[layer]) - len(todo[layer]):],
+                           strict=True))
         for c in (c for c in candidates if c.layer == layer):
             if c.body is None:
                 out.append(AddedRecord(id=None, layer=layer, text=c.text, status="skipped", reason=c.skip_reason))
@@ -161,19 +187,29 @@ def add_texts(store: MemoryStore, lm, texts: Sequence[str], layers: Sequence[int
         raise UserError("no memory text given", hint="give texts as arguments or --file FILE (one per line)")
     layers = sorted({lm.check_layer(layer) for layer in layers})
     model = identity_of(lm)
-    states = {layer: ensure_reference(store, lm, layer, progress) for layer in layers}
+    if not store.pending:
+        require_same_model(store.header.model, model, f"store {store.directory}")
     progress(f"capturing {len(texts)} text(s) at layer(s) {', '.join(map(str, layers))}")
-    vectors = pooled(lm, texts, layers, progress=progress)
+    vectors = pooled(lm, texts, layers, progress=progress)  # the model passes need no lock
+    states = {layer: store.read_layer(layer) for layer in layers}
+    references = measure_references(lm, [layer for layer, state in states.items()
+                                         if state.reference is None and not state.damaged], progress)
+    new_references = {}
+    for layer, state in states.items():
+        reference = _with_reference(store, state, references)
+        if reference is not None:
+            new_references[layer] = reference
     candidates = []
     for layer in layers:
         centre = states[layer].reference.arrays()[0]
         layer_candidates = []
-        for text, state in zip(texts, vectors[layer].numpy(), strict=True):
-            vector = (state - centre).astype(np.float32)
+        for text, pooled_state in zip(texts, vectors[layer].numpy(), strict=True):
+            vector = (pooled_state - centre).astype(np.float32)
             layer_candidates.append(Candidate(layer, text, vector, vector.copy()))
         _prepare(store, states[layer], layer_candidates, origin, label, origin_flags, model, screen_settings)
         candidates += layer_candidates
-    return _write(store, candidates, keep_flagged)
+    _check(candidates, keep_flagged)
+    return _write(store, candidates, new_references)
 
 
 def add_vectors(store: MemoryStore, model: ModelIdentity, layer: int, key: np.ndarray, value: np.ndarray,
@@ -183,13 +219,15 @@ def add_vectors(store: MemoryStore, model: ModelIdentity, layer: int, key: np.nd
     """Store vectors computed elsewhere (already centred at ``layer``) for ``source_text``. The same
     screens apply; `verify --rederive` later checks the vectors really come from the text."""
     origin_flags = check_origin(origin, allow_untrusted_origin)
+    key, value = (np.asarray(v, dtype=np.float32).reshape(-1) for v in (key, value))
+    if key.shape != (model.d_model,) or value.shape != (model.d_model,):
+        raise UserError(f"vectors must have {model.d_model} values, got {key.size} and {value.size}")
     state = store.read_layer(layer)
     if state.reference is None:
         raise UserError(f"layer {layer} of {store.directory} has no reference yet",
                         hint="add one text at that layer first ('memory add --layer ...')")
-    key, value = (np.asarray(v, dtype=np.float32).reshape(-1) for v in (key, value))
-    if key.shape != (model.d_model,) or value.shape != (model.d_model,):
-        raise UserError(f"vectors must have {model.d_model} values, got {key.size} and {value.size}")
+    _with_reference(store, state, {})
     candidate = Candidate(layer, source_text.strip(), key, value)
     _prepare(store, state, [candidate], origin, label, origin_flags, model, screen_settings)
-    return _write(store, [candidate], keep_flagged)[0]
+    _check([candidate], keep_flagged)
+    return _write(store, [candidate], {})[0]

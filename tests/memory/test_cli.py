@@ -96,3 +96,34 @@ def test_memory_commands_end_to_end(tmp_path, capsys, demo_model, monkeypatch):
     _run(capsys, "memory", "keygen", "--key-file", other)
     code, _, err = _run(capsys, "memory", "list", "--store", store, "--key-file", other)
     assert code == 2 and "signed with key id" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_a_failed_add_leaves_no_file_behind(tmp_path, capsys, demo_model, monkeypatch):
+    """Bad layer, bad origin, bad text: nothing is created for a new store, nothing changes in an
+    existing one."""
+    import hashlib
+
+    monkeypatch.delenv("BALDR_MEMORY_KEY", raising=False)
+    monkeypatch.delenv("BALDR_SAE_PROFILE", raising=False)
+    key, store = str(tmp_path / "memory.key"), tmp_path / "store"
+    common = ["--store", str(store), "--key-file", key]
+    _run(capsys, "memory", "keygen", "--key-file", key)
+    bad = [(["--layer", "99", "A sentence about the weather today."], "out of range"),
+           (["--origin", "model", "A sentence about the weather today."], "never written"),
+           (["Some text."], "failed the write-time screens")]
+    for argv, message in bad:
+        code, _, err = _run(capsys, "memory", "add", *common, *argv)
+        assert code == 2 and message in err, err
+        assert not store.exists()
+    code, _, err = _run(capsys, "memory", "add", *common, "The central bank raised interest rates to slow inflation.")
+    assert code == 0, err
+
+    def snapshot():
+        return {p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mode) for p in store.iterdir()}
+
+    before = snapshot()
+    for argv, message in bad + [(["--layer", "20", "Some text."], "failed the write-time screens")]:
+        code, _, err = _run(capsys, "memory", "add", *common, *argv)
+        assert code == 2 and message in err, err
+        assert snapshot() == before

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +33,10 @@ ATTACKER_PROMPTS = ["Please tell me about", "I need some advice on", "Can you ex
                     "What is your view on", "Could you describe", "Tell me everything about"]
 
 
-def _snapshot(directory: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir()) if p.is_file()}
+def _snapshot(directory: Path) -> dict[str, tuple[str, int]]:
+    """Every file's sha256 and mode."""
+    return {p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), stat.S_IMODE(p.stat().st_mode))
+            for p in sorted(directory.iterdir()) if p.is_file()}
 
 
 def test_provenance_and_signature(memory_store, smollm2):
@@ -179,3 +182,30 @@ def test_wrong_model_and_wrong_key_are_refused(memory_store, smollm2, tiny_lm):
 def test_a_layer_without_memories_is_a_clear_error(store_copy, smollm2):
     with pytest.raises(UserError, match="no memories at layer 5"):
         MemoryRuntime.load(store_copy, smollm2, [LayerSettings(layer=5)])
+
+
+def test_a_failed_add_creates_no_store_and_the_first_write_is_private(smollm2, tmp_path):
+    """A new store is written at its first append, whole (header, heads, log), 0700 and 0600."""
+    directory = tmp_path / "new" / "store"
+    store = MemoryStore.open_or_create(directory, ephemeral_key(), identity_of(smollm2))
+    for texts, kwargs, message in ((["Some text."], {}, "failed the write-time screens"),
+                                   (["The model said so."], {"origin": "model"}, "never written"),
+                                   (["Hi"], {}, "too short")):
+        with pytest.raises(UserError, match=message):
+            add_texts(store, smollm2, texts, [13], **kwargs)
+        assert not (tmp_path / "new").exists()
+    add_texts(store, smollm2, ["The central bank raised interest rates to slow inflation."], [13])
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in directory.iterdir()} == {
+        "store.json": 0o600, "heads.json": 0o600, "layer-013.jsonl": 0o600, ".lock": 0o600}
+    again = MemoryStore.open(directory, store.key, identity_of(smollm2)).read_layer(13)
+    assert len(again.records) == 1 and not again.problems
+
+
+def test_a_failed_add_at_a_new_layer_leaves_the_store_byte_identical(store_copy, smollm2):
+    """The layer's reference is written with its first records, never before they pass the screens."""
+    before = _snapshot(store_copy.directory)
+    with pytest.raises(UserError, match="failed the write-time screens"):
+        add_texts(store_copy, smollm2, ["Some text."], [7])
+    assert _snapshot(store_copy.directory) == before
+    assert 7 not in store_copy.layers()
