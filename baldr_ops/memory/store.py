@@ -31,6 +31,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -266,6 +267,36 @@ class StoreAppeared(Exception):
     """A pending store's directory became a store meanwhile: another process wrote it first."""
 
 
+_LOCKS: dict[tuple[int, str], list] = {}  # (pid, lock file) -> [RLock, fd or None, depth]
+_LOCKS_GUARD = threading.Lock()
+
+
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """An flock on ``path``, re-entrant per thread (a second flock on another descriptor of the same
+    file in the same process would block), exclusive between threads and processes."""
+    with _LOCKS_GUARD:
+        held = _LOCKS.setdefault((os.getpid(), str(path)), [threading.RLock(), None, 0])
+    with held[0]:
+        if held[2] == 0:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except BaseException:
+                os.close(fd)
+                raise
+            held[1] = fd
+        held[2] += 1
+        try:
+            yield
+        finally:
+            held[2] -= 1
+            if held[2] == 0:
+                fcntl.flock(held[1], fcntl.LOCK_UN)
+                os.close(held[1])
+                held[1] = None
+
+
 def _write_chain(path: Path, makers: Sequence[Callable[[int, str], tuple[str, bytes]]], seq: int,
                  prev: str) -> tuple[int, str, list[str]]:
     """Sign entries from (seq, prev) on and append them in one write: (count, last HMAC, HMACs)."""
@@ -497,18 +528,14 @@ class MemoryStore:
     # -- writing -------------------------------------------------------------------------------
     @contextmanager
     def locked(self) -> Iterator[None]:
-        """The store's exclusive lock. A pending store has nothing to lock: its first write is one
-        atomic rename that fails if another process got there first."""
+        """The store's exclusive lock, across processes and threads; re-entrant within a thread, so a
+        whole read-check-append sequence can hold it around `append`. A pending store has nothing
+        to lock: its first write is one atomic rename that fails if another process got there first."""
         if self.pending:
             yield
             return
-        fd = os.open(self.directory / _LOCK, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with _exclusive(self.directory / _LOCK):
             yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
 
     def append_chained(self, name: str, parse: Callable[[bytes], Any], makers: Sequence[LineMaker], *,
                        revoked: Sequence[str] = (), damaged: str | None = None,
@@ -570,25 +597,27 @@ class MemoryStore:
         if self.pending:
             self._materialize({layer_file(layer): m for layer, m in makers.items()})
             return ids
-        for layer, (todo, revokes) in makers.items():
-            name = layer_file(layer)
-            self.append_chained(name, self._parse_layer_line(name), todo, revoked=revokes,
-                                damaged=damaged.get(layer), allow_damaged=len(revokes) == len(todo))
+        with self.locked():
+            for layer, (todo, revokes) in makers.items():
+                name = layer_file(layer)
+                self.append_chained(name, self._parse_layer_line(name), todo, revoked=revokes,
+                                    damaged=damaged.get(layer), allow_damaged=len(revokes) == len(todo))
         return ids
 
     def decide(self, record_id: str, decision: Literal["approve", "revoke"], override_flags: bool = False,
                note: str | None = None) -> RecordState:
-        layer, record = self.find_record(record_id)
-        if record.status == "revoked":
-            raise UserError(f"record {record.id} was revoked on {record.decided_at}; revocation is final",
-                            hint="add the text again for a new record")
-        if decision == "approve" and record.body.flags and not override_flags:
-            raise UserError(f"record {record.id} is flagged ({', '.join(record.body.flags)}); not approving it",
-                            hint="inspect it with 'memory list', then approve with --override-flags if it is sound")
-        self.append(layer, [("decision", DecisionBody(record_id=record.id, decision=decision, decided_at=now(),
-                                                       override_flags=override_flags, note=note))],
-                    damaged=self.read_layer(layer).damaged)
-        return self.read_layer(layer).records[record.id]
+        with self.locked():  # the record's state is read and decided on under the same lock
+            layer, record = self.find_record(record_id)
+            if record.status == "revoked":
+                raise UserError(f"record {record.id} was revoked on {record.decided_at}; revocation is final",
+                                hint="add the text again for a new record")
+            if decision == "approve" and record.body.flags and not override_flags:
+                raise UserError(f"record {record.id} is flagged ({', '.join(record.body.flags)}); not approving it",
+                                hint="inspect it with 'memory list', then approve with --override-flags if it is sound")
+            self.append(layer, [("decision", DecisionBody(record_id=record.id, decision=decision, decided_at=now(),
+                                                           override_flags=override_flags, note=note))],
+                        damaged=self.read_layer(layer).damaged)
+            return self.read_layer(layer).records[record.id]
 
     # -- kill switch ---------------------------------------------------------------------------
     def disabled_reason(self, env: dict | None = None) -> str | None:

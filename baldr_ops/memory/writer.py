@@ -11,6 +11,9 @@ Policy, enforced here and nowhere weakened downstream:
   (unless ``keep_flagged``) or a bad origin writes nothing, so a failed add leaves the store as it was.
   A new layer's reference entry is written in the same append as its first records, and a new store
   (`MemoryStore.new`) is written at that first append, so a failed first add leaves no file at all;
+* the store's state is read, the batch screened against it and the result appended under one hold
+  of the store lock: two processes adding at once, even to a new layer, both end up with usable
+  records measured against the same reference;
 * every new record is quarantined: recall uses only approved records.
 """
 
@@ -38,7 +41,7 @@ from baldr_ops.memory.records import (
     sha256_text,
 )
 from baldr_ops.memory.screen import ReferenceScreen
-from baldr_ops.memory.store import LayerState, MemoryStore
+from baldr_ops.memory.store import LayerState, MemoryStore, StoreAppeared
 
 UNTRUSTED_FLAG = "untrusted-origin"
 
@@ -157,7 +160,7 @@ def _check(candidates: list[Candidate], keep_flagged: bool) -> None:
 
 
 def _write(store: MemoryStore, candidates: list[Candidate], references: dict[int, ReferenceBody]) -> list[AddedRecord]:
-    """Append each layer's new reference (if any) and records."""
+    """Append each layer's new reference (if any) and records; call with the store lock held."""
     layers = sorted({c.layer for c in candidates})
     todo = {layer: [c for c in candidates if c.layer == layer and c.body is not None] for layer in layers}
     entries = {layer: ([("reference", references[layer])] if layer in references else [])
@@ -191,25 +194,36 @@ def add_texts(store: MemoryStore, lm, texts: Sequence[str], layers: Sequence[int
         require_same_model(store.header.model, model, f"store {store.directory}")
     progress(f"capturing {len(texts)} text(s) at layer(s) {', '.join(map(str, layers))}")
     vectors = pooled(lm, texts, layers, progress=progress)  # the model passes need no lock
-    states = {layer: store.read_layer(layer) for layer in layers}
-    references = measure_references(lm, [layer for layer, state in states.items()
-                                         if state.reference is None and not state.damaged], progress)
-    new_references = {}
-    for layer, state in states.items():
-        reference = _with_reference(store, state, references)
-        if reference is not None:
-            new_references[layer] = reference
-    candidates = []
-    for layer in layers:
-        centre = states[layer].reference.arrays()[0]
-        layer_candidates = []
-        for text, pooled_state in zip(texts, vectors[layer].numpy(), strict=True):
-            vector = (pooled_state - centre).astype(np.float32)
-            layer_candidates.append(Candidate(layer, text, vector, vector.copy()))
-        _prepare(store, states[layer], layer_candidates, origin, label, origin_flags, model, screen_settings)
-        candidates += layer_candidates
-    _check(candidates, keep_flagged)
-    return _write(store, candidates, new_references)
+    # References for the layers that have none, measured before the lock is taken (another process
+    # may write one meanwhile: then that one is used and this one dropped).
+    references = measure_references(lm, [layer for layer in layers if store.read_layer(layer).reference is None],
+                                    progress)
+    while True:
+        try:
+            with store.locked():
+                states = {layer: store.read_layer(layer) for layer in layers}
+                missing = [layer for layer, state in states.items()
+                           if state.reference is None and layer not in references and not state.damaged]
+                references.update(measure_references(lm, missing, progress))
+                new_references = {}
+                for layer, state in states.items():
+                    reference = _with_reference(store, state, references)
+                    if reference is not None:
+                        new_references[layer] = reference
+                candidates = []
+                for layer in layers:
+                    centre = states[layer].reference.arrays()[0]
+                    layer_candidates = []
+                    for text, pooled_state in zip(texts, vectors[layer].numpy(), strict=True):
+                        vector = (pooled_state - centre).astype(np.float32)
+                        layer_candidates.append(Candidate(layer, text, vector, vector.copy()))
+                    _prepare(store, states[layer], layer_candidates, origin, label, origin_flags, model,
+                             screen_settings)
+                    candidates += layer_candidates
+                _check(candidates, keep_flagged)
+                return _write(store, candidates, new_references)
+        except StoreAppeared:  # another process wrote the new store first: add to that one
+            store.adopt()
 
 
 def add_vectors(store: MemoryStore, model: ModelIdentity, layer: int, key: np.ndarray, value: np.ndarray,
@@ -222,12 +236,13 @@ def add_vectors(store: MemoryStore, model: ModelIdentity, layer: int, key: np.nd
     key, value = (np.asarray(v, dtype=np.float32).reshape(-1) for v in (key, value))
     if key.shape != (model.d_model,) or value.shape != (model.d_model,):
         raise UserError(f"vectors must have {model.d_model} values, got {key.size} and {value.size}")
-    state = store.read_layer(layer)
-    if state.reference is None:
-        raise UserError(f"layer {layer} of {store.directory} has no reference yet",
-                        hint="add one text at that layer first ('memory add --layer ...')")
-    _with_reference(store, state, {})
-    candidate = Candidate(layer, source_text.strip(), key, value)
-    _prepare(store, state, [candidate], origin, label, origin_flags, model, screen_settings)
-    _check([candidate], keep_flagged)
-    return _write(store, [candidate], {})[0]
+    with store.locked():
+        state = store.read_layer(layer)
+        if state.reference is None:
+            raise UserError(f"layer {layer} of {store.directory} has no reference yet",
+                            hint="add one text at that layer first ('memory add --layer ...')")
+        _with_reference(store, state, {})
+        candidate = Candidate(layer, source_text.strip(), key, value)
+        _prepare(store, state, [candidate], origin, label, origin_flags, model, screen_settings)
+        _check([candidate], keep_flagged)
+        return _write(store, [candidate], {})[0]

@@ -1,6 +1,10 @@
-"""Store entries built without a model: a fake identity, a random reference, random records."""
+"""Store entries built without a model (a fake identity, a random reference, random records), and a
+helper that runs a function in two processes at once."""
 
 from __future__ import annotations
+
+import multiprocessing
+import os
 
 import numpy as np
 
@@ -29,3 +33,17 @@ def record(reference_id: str, text: str, layer: int = 1, seed: int = 1, flags=()
     return RecordBody(layer=layer, source_text=text, source_sha256=sha256_text(text), origin="operator",
                       created_at=now(), model=identity(), reference_id=reference_id, d_model=D,
                       key=encode_array(vector), value=encode_array(vector), flags=list(flags))
+
+
+def in_two_processes(target, *args, starts=(0, 100), method: str | None = None) -> None:
+    """Run ``target(*args, barrier, start)`` for each start in its own process, all at once (the
+    barrier lets them line up before the part that races); every one must succeed."""
+    method = method or ("spawn" if os.environ.get("BALDR_TEST_SPAWN") else "fork")
+    ctx = multiprocessing.get_context(method)
+    barrier = ctx.Barrier(len(starts))
+    procs = [ctx.Process(target=target, args=(*args, barrier, start)) for start in starts]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(300)
+        assert p.exitcode == 0, f"a process failed (exit code {p.exitcode})"

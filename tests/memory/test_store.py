@@ -5,8 +5,6 @@ modified header refused, decisions, kill switch, concurrent appends."""
 from __future__ import annotations
 
 import json
-import multiprocessing
-import os
 
 import numpy as np
 import pytest
@@ -178,7 +176,7 @@ def test_kill_switch_flag_and_env(store):
     assert store.disabled_reason(env={}) is None
 
 
-def _appender(directory, secret, start):
+def _appender(directory, secret, barrier, start):
     from baldr_ops.memory.keys import SigningKey
 
     s = MemoryStore.open(directory, SigningKey(secret, "test"))
@@ -187,19 +185,8 @@ def _appender(directory, secret, start):
         s.append(1, [("record", synthetic.record(ref_id, f"text {i}", seed=i))])
 
 
-def in_two_processes(target, *args, starts=(0, 100)) -> None:
-    """Run ``target(*args, start)`` in two processes at once; both must succeed."""
-    ctx = multiprocessing.get_context("spawn" if os.environ.get("BALDR_TEST_SPAWN") else "fork")
-    procs = [ctx.Process(target=target, args=(*args, start)) for start in starts]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-        assert p.exitcode == 0
-
-
 def test_concurrent_appends_from_two_processes_all_survive(store, key):
-    in_two_processes(_appender, store.directory, key.secret)
+    synthetic.in_two_processes(_appender, store.directory, key.secret)
     state = store.read_layer(1)
     assert len(state.records) == 80 and not state.problems
     assert np.all([r.status == "quarantined" for r in state.records.values()])
@@ -366,7 +353,7 @@ def test_audit_trail_is_chained(store):
     assert len(entries) == 3 and problems and "chain break" in problems[0][1]
 
 
-def _audit_appender(directory, secret, start):
+def _audit_appender(directory, secret, barrier, start):
     from baldr_ops.memory.keys import SigningKey
 
     log = AuditLog(MemoryStore.open(directory, SigningKey(secret, "test")))
@@ -375,6 +362,6 @@ def _audit_appender(directory, secret, start):
 
 
 def test_concurrent_audit_appends_keep_one_chain(store, key):
-    in_two_processes(_audit_appender, store.directory, key.secret)
+    synthetic.in_two_processes(_audit_appender, store.directory, key.secret)
     entries, problems = AuditLog(store).read()
     assert len(entries) == 50 and not problems

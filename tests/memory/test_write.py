@@ -209,3 +209,38 @@ def test_a_failed_add_at_a_new_layer_leaves_the_store_byte_identical(store_copy,
         add_texts(store_copy, smollm2, ["Some text."], [7])
     assert _snapshot(store_copy.directory) == before
     assert 7 not in store_copy.layers()
+
+
+def _add_concurrently(directory, secret, model_path, barrier, start):
+    import torch
+
+    from baldr_ops.memory.keys import SigningKey
+    from baldr_ops.research.models import load_model
+
+    torch.set_num_threads(1)
+    lm = load_model(model_path)
+    store = MemoryStore.open_or_create(directory, SigningKey(secret, "test"), identity_of(lm))
+    texts = CLEAN[start:start + 3]
+    barrier.wait()  # both read the store before either writes (without the lock, both write a reference)
+    add_texts(store, lm, texts, [7, 9], keep_flagged=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["new layers", "new store"])
+def test_two_processes_adding_at_once_both_get_usable_records(store_copy, demo_model, tmp_path, where):
+    """The whole read, reference, screen and append sequence holds the store lock (and a new store is
+    created by one atomic rename), so neither process's records end up measured against a
+    reference that lost the race."""
+    from tests.memory.synthetic import in_two_processes
+
+    directory = store_copy.directory if where == "new layers" else tmp_path / "fresh"
+    in_two_processes(_add_concurrently, directory, store_copy.key.secret, demo_model, starts=(0, 10),
+                     method="spawn")
+    store = MemoryStore.open(directory, store_copy.key)
+    for layer in (7, 9):
+        state = store.read_layer(layer)
+        assert not state.problems and not state.damaged
+        assert sorted(r.body.source_text for r in state.records.values()) == sorted(CLEAN[0:3] + CLEAN[10:13])
+        (reference,) = [line for line in (directory / layer_file(layer)).read_text().splitlines()
+                        if '"kind":"reference"' in line]
+        assert json.loads(reference)["id"] == state.reference_id
