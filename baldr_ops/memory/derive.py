@@ -22,13 +22,27 @@ from baldr_ops.research import hooks
 MAX_TOKENS = 512  # longer texts are cut: a memory is a passage, not a document
 
 
+def token_weights(mask: torch.Tensor) -> torch.Tensor:
+    """[batch, seq] float32 pooling weights: 1 on each row's real tokens (``mask``) after its first,
+    whichever side the padding is on."""
+    weights = mask.to(torch.float32).clone()
+    first = weights.argmax(dim=1)  # the first real token
+    weights[torch.arange(weights.shape[0], device=weights.device), first] = 0
+    return weights
+
+
+def pooled_sum(hidden: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weighted sum of ``hidden`` [batch, seq, d] over its tokens, float32 [batch, d], and the
+    total weight [batch, 1]: the one pooling rule, also used by the generation hooks (`nudge`),
+    which add up sums over the tokens they see."""
+    total = (hidden.to(torch.float32) * weights[..., None].to(hidden.device)).sum(dim=1)
+    return total, weights.sum(dim=1, keepdim=True)
+
+
 def pool_states(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over each row's tokens after its first (``mask`` marks real tokens), [batch, d] float32."""
-    weights = mask.to(torch.float32).clone()
-    first = weights.argmax(dim=1)  # the first real token, whichever side the padding is on
-    weights[torch.arange(weights.shape[0]), first] = 0
-    total = (hidden.to(torch.float32) * weights[..., None]).sum(dim=1)
-    return total / weights.sum(dim=1, keepdim=True).clamp_min(1.0)
+    total, count = pooled_sum(hidden, token_weights(mask))
+    return total / count.clamp_min(1.0).to(total.device)
 
 
 def token_counts(lm, texts: Sequence[str]) -> list[int]:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from baldr_ops.memory import derive
 from baldr_ops.memory.recall import LayerMemory, Recall
 from baldr_ops.research import hooks
 
@@ -95,11 +96,12 @@ class LayerHook:
             n = self.prompt_mask.shape[1]
             inside = pos < n
             weight[:, inside] *= self.prompt_mask[:, pos[inside]].to(torch.float32).cpu()
+        total, count = derive.pooled_sum(states, weight)
         if self.total is None:
-            self.total = torch.zeros(states.shape[0], states.shape[2])
-            self.count = torch.zeros(states.shape[0], 1)
-        self.total += (states * weight[..., None]).sum(dim=1)
-        self.count += weight.sum(dim=1, keepdim=True)
+            self.total, self.count = total, count
+        else:
+            self.total += total
+            self.count += count
 
     def _recall(self) -> None:
         if self.count is None or not bool((self.count > 0).all()):
@@ -172,13 +174,8 @@ class NudgeSession:
     def _clean_pool(lm, inputs: dict, mask: torch.Tensor, layers: list[int]) -> dict:
         """{layer: (sum, count)} of the prompt's states over its tokens after the first, unhooked."""
         states = hooks.residuals(lm, {"input_ids": inputs["input_ids"], "attention_mask": mask}, layers)
-        weights = mask.to(torch.float32).clone()
-        weights[torch.arange(weights.shape[0]), weights.argmax(dim=1)] = 0  # the first real token
-        out = {}
-        for layer, hidden in states.items():
-            total = (hidden.to(torch.float32) * weights[..., None].to(hidden.device)).sum(dim=1)
-            out[layer] = (total, weights.sum(dim=1, keepdim=True))
-        return out
+        weights = derive.token_weights(mask)
+        return {layer: derive.pooled_sum(hidden, weights) for layer, hidden in states.items()}
 
     def __enter__(self) -> NudgeSession:
         self._stack = ExitStack()

@@ -95,6 +95,28 @@ def test_same_greedy_tokens_with_and_without_kv_cache(store_copy, smollm2, query
     assert entries[True].layers[0].tokens_nudged == entries[False].layers[0].tokens_nudged
 
 
+def test_the_hooks_pool_with_the_function_that_makes_records(store_copy, smollm2, monkeypatch):
+    """derive.pooled_sum is the one pooling rule: the session's clean pass and the hook's own
+    pooling (running query) use it, so the query is exactly what writing the prompt would pool."""
+    from baldr_ops.memory import derive
+
+    calls = []
+    real = derive.pooled_sum
+    monkeypatch.setattr(derive, "pooled_sum", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
+    inputs = smollm2.tokenize(FINANCE)
+    runtime = _runtime(store_copy, smollm2, query="running")
+    with torch.no_grad(), runtime.session(inputs) as session:
+        hook = session.nudge.hooks[13]
+        query = hook.total / hook.count  # pooled by the clean pass, before any forward
+        smollm2.model.generate(**inputs, max_new_tokens=3, do_sample=False,
+                               pad_token_id=smollm2.tokenizer.pad_token_id)
+    assert len(calls) >= 3  # the clean pass, then one per generated step
+    states = hooks.residuals(smollm2, inputs, [13])[13]
+    assert torch.equal(query, real(states, derive.token_weights(inputs["attention_mask"]))[0]
+                       / derive.token_weights(inputs["attention_mask"]).sum(1, keepdim=True))
+    assert torch.equal(query, derive.pool_states(states, inputs["attention_mask"]))
+
+
 def test_poisoned_memory_is_clipped_per_token(store_copy, smollm2):
     """A 1000x-norm value signed into the store (an insider past the screens): every token still
     moves by at most clip * ||h||, measured outside the hook, and the weight stays under the cap."""
