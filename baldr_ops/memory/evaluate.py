@@ -222,7 +222,7 @@ def run(lm, settings: EvalSettings | None = None, progress: Callable[[str], None
 
     def domain_memory(name: str, **update) -> LayerMemory:
         base = settings.gated.model_copy(update={"layer": layer, **update})
-        return memory_from_records(base, records[name], centre)
+        return memory_from_records(base, records[name], centre, device=lm.device)
 
     vocab = {d.name: lexicon(lm.tokenizer, d.heldout, [t for e in builtin.DOMAINS if e is not d for t in e.heldout],
                              settings.lexicon_size) for d in builtin.DOMAINS}
@@ -272,7 +272,7 @@ def run(lm, settings: EvalSettings | None = None, progress: Callable[[str], None
         for d, name in enumerate(names):
             memory = domain_memory(name, gate="fixed", strength=fixed_strength, top_k=len(records[name]))
             size = memory.values.mean(dim=0).norm()
-            direction = unit(torch.randn(memory.values.shape[1], generator=generator)) * size
+            direction = unit(torch.randn(memory.values.shape[1], generator=generator)).to(memory.device) * size
             memory.values = direction.expand_as(memory.values).clone()
             s, _ = shifts_with(memory)
             own_random.append(s[:, d])
@@ -324,7 +324,7 @@ def run(lm, settings: EvalSettings | None = None, progress: Callable[[str], None
     progress("perplexity of neutral text")
     ppl_base = perplexity(lm, builtin.NEUTRAL_TEXT)
     everything = memory_from_records(settings.gated.model_copy(update={"layer": layer}),
-                                     [r for n in names for r in records[n]], centre)
+                                     [r for n in names for r in records[n]], centre, device=lm.device)
     ppl_gated = perplexity(lm, builtin.NEUTRAL_TEXT, _runtime(lm, everything))
     ppl_fixed = float(np.mean([perplexity(lm, builtin.NEUTRAL_TEXT, _runtime(lm, domain_memory(
         n, gate="fixed", strength=fixed_strength, top_k=len(records[n])))) for n in names]))

@@ -46,6 +46,11 @@ class ExactIndex:
     def size(self) -> int:
         return self.keys.shape[0]
 
+    def to(self, device: torch.device | str) -> ExactIndex:
+        moved = ExactIndex.__new__(ExactIndex)
+        moved.keys, moved.block_rows = self.keys.to(device), self.block_rows
+        return moved
+
     def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         q = unit(queries.to(torch.float32))
         k = min(k, self.size)

@@ -22,10 +22,18 @@ makes both paths compute the same thing, so greedy tokens agree with and without
 position of a call has a delta (memory off, an empty store, nothing above the threshold) the hook
 returns None and the layer's output object is untouched: logits are bit-identical to the unhooked
 model's.
+
+Device: the memory, the pooled sums, the deltas and every counter live on the model's device. The
+hook learns which positions a call holds from the call's shape and what it has seen (a cached step
+adds tokens after the last one, a step without the cache re-runs everything plus one token), so a
+generated token costs no copy to or from the host: the audit counters are read once, when the
+session ends. The clip bound is checked there too; with ``strict`` (the default for a model on the
+CPU, where reading a number costs nothing) it is also checked in every call.
 """
 
 from __future__ import annotations
 
+import os
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
@@ -35,6 +43,8 @@ from baldr_ops.memory import derive
 from baldr_ops.memory.recall import LayerMemory, Recall
 from baldr_ops.research import hooks
 
+STRICT_ENV = "BALDR_MEMORY_STRICT_CLIP"  # "1": check the clip in every call on any device; "0": never per call
+
 
 class ClipBreach(RuntimeError):
     """The nudge moved a token's residual further than its clip allows (a bug, never expected)."""
@@ -42,7 +52,7 @@ class ClipBreach(RuntimeError):
 
 @dataclass
 class LayerTrace:
-    """What one layer did in one generation, for the audit trail."""
+    """What one layer did in one generation, for the audit trail (filled when the session ends)."""
 
     layer: int
     recalls: int = 0
@@ -52,122 +62,203 @@ class LayerTrace:
     tokens_clipped: int = 0
     max_ratio: float = 0.0  # the largest realised ||change|| / ||h|| of any token
 
-    def note_recall(self, recall: Recall) -> None:
-        self.recalls += 1
-        self.delta_norm = float(recall.delta[0].norm())
-        for ids, rel, wts in zip(recall.record_ids, recall.relevance, recall.weights, strict=True):
-            for rid, r, w in zip(ids, rel, wts, strict=True):
-                seen = self.records.setdefault(rid, {"relevance": r, "weight": w})
-                seen["relevance"], seen["weight"] = max(seen["relevance"], r), max(seen["weight"], w)
+
+def clip_tolerance(clip: float, dtype: torch.dtype) -> float:
+    """How far the realised change may exceed ``clip * ||h||``, relative to ||h||."""
+    return clip * 1e-3 + 8 * torch.finfo(dtype).eps
 
 
 class LayerHook:
     """The edit function of one layer for one generation (see the module docstring)."""
 
     def __init__(self, memory: LayerMemory, prompt_mask: torch.Tensor | None = None,
-                 prompt_pooled: tuple[torch.Tensor, torch.Tensor] | None = None):
+                 prompt_pooled: tuple[torch.Tensor, torch.Tensor] | None = None, strict: bool | None = None):
         self.memory = memory
         self.settings = memory.settings
+        self.running = self.settings.query == "running"
         self.prompt_mask = prompt_mask  # [b, n] real tokens of a padded prompt batch, or None
+        self.strict = strict  # None: per call, when the model is on the CPU
         self.trace = LayerTrace(memory.layer)
-        self.seen = 0
+        self.seen = 0  # positions below this have been seen
+        self.calls = 0
         self.total: torch.Tensor | None = None  # [b, d] float32 sum of pooled states
         self.count: torch.Tensor | None = None  # [b, 1]
-        self.current: torch.Tensor | None = None  # [b, d] delta for tokens that are new now, None = nothing
-        self.history: list[torch.Tensor | None] = []  # delta each position got when it was new
-        self.last_recall: Recall | None = None
+        self.pooled_tokens = 0  # positions >= 1 pooled so far (padding included)
         self.pooled_upto = 0  # positions below this are already pooled
+        self.current: torch.Tensor | None = None  # [b, d] delta for tokens that are new now; None = nothing
+        self.first_delta: int | None = None  # the first position that got a delta (running query)
+        self.history: torch.Tensor | None = None  # running query: [b, capacity, d] delta each position got
+        self.last_recall: Recall | None = None
+        self._acc: dict[str, torch.Tensor] | None = None  # device counters, read by `finish`
+        self.dtype: torch.dtype | None = None  # the hidden states' (for the clip check in `finish`)
         if prompt_pooled is not None:  # (sum [b, d], count [b, 1]) from the session's clean pass
-            self.total, self.count = (t.to(torch.float32).cpu().clone() for t in prompt_pooled)
+            self.total, self.count = (t.to(device=memory.device, dtype=torch.float32).clone() for t in prompt_pooled)
             self.pooled_upto = prompt_mask.shape[1] if prompt_mask is not None else 0
+            self.pooled_tokens = max(self.pooled_upto - 1, 0)
             self._recall()
 
     # -- bookkeeping ---------------------------------------------------------------------------
-    def _positions(self, call: hooks.HookCall, length: int) -> torch.Tensor:
-        if call.positions is not None:
-            return call.positions[0].to("cpu")
-        return torch.arange(self.seen, self.seen + length)  # models that pass none: assume cached steps
+    def _counters(self) -> dict[str, torch.Tensor]:
+        if self._acc is None:
+            device, n = self.memory.device, self.memory.size
+            self._acc = {"nudged": torch.zeros((), dtype=torch.int64, device=device),
+                         "clipped": torch.zeros((), dtype=torch.int64, device=device),
+                         "worst": torch.zeros((), dtype=torch.float32, device=device),
+                         "weight": torch.zeros(n, dtype=torch.float32, device=device),
+                         "relevance": torch.full((n,), -torch.inf, dtype=torch.float32, device=device),
+                         "delta_norm": torch.zeros((), dtype=torch.float32, device=device)}
+        return self._acc
 
-    def _pool_new(self, hidden: torch.Tensor, positions: torch.Tensor, new: torch.Tensor) -> None:
-        pos = positions[new]
-        states = hidden[:, new.to(hidden.device)].to(torch.float32).cpu()
-        weight = (pos >= 1).to(torch.float32).expand(states.shape[0], -1).clone()
-        if self.prompt_mask is not None:
+    def _span(self, length: int) -> int:
+        """The first position of a call of ``length`` tokens: 0 for the first call and for a re-run
+        without the cache (everything so far plus one token), else right after what was seen."""
+        if self.calls == 0 or (length == self.seen + 1 and length > 1):
+            return 0
+        return self.seen
+
+    def _pool(self, hidden: torch.Tensor, start: int, first: int, end: int) -> None:
+        """Add positions first..end-1 of the call (which starts at ``start``) to the pooled sum."""
+        states = hidden[:, first - start:end - start]
+        weight = torch.ones(states.shape[:2], dtype=torch.float32, device=hidden.device)
+        if first == 0:
+            weight[:, 0] = 0  # the attention sink
+        if self.prompt_mask is not None and first < self.prompt_mask.shape[1]:
             n = self.prompt_mask.shape[1]
-            inside = pos < n
-            weight[:, inside] *= self.prompt_mask[:, pos[inside]].to(torch.float32).cpu()
+            weight[:, :n - first] *= self.prompt_mask[:, first:min(n, end)].to(torch.float32)
         total, count = derive.pooled_sum(states, weight)
         if self.total is None:
             self.total, self.count = total, count
         else:
             self.total += total
             self.count += count
+        self.pooled_tokens += end - max(first, 1)
+        self.pooled_upto = end
 
     def _recall(self) -> None:
-        if self.count is None or not bool((self.count > 0).all()):
+        if self.pooled_tokens <= 0:
             return
-        recall = self.memory.recall(self.total / self.count)
-        self.trace.note_recall(recall)
+        recall = self.memory.recall(self.total / self.count.clamp_min(1.0), valid=self.count[:, 0] > 0)
+        self.trace.recalls += 1
         self.last_recall = recall
-        self.current = recall.delta if recall.active else None
+        acc = self._counters()
+        acc["delta_norm"] = recall.delta[0].norm()
+        if recall.rows.numel():
+            rows, w = recall.rows.flatten(), recall.weight_matrix.flatten()
+            acc["weight"].scatter_reduce_(0, rows, torch.where(w > 0, w, 0.0), "amax")
+            acc["relevance"].scatter_reduce_(0, rows, torch.where(w > 0, recall.scores.flatten(), -torch.inf), "amax")
+        if self.running:
+            self.current = recall.delta  # a zero row where nothing is recalled: adding it changes nothing
+        else:  # one recall per generation: whether it recalled anything is read once, here
+            self.current = recall.delta if recall.active else None
+
+    def _remember(self, first: int, end: int) -> None:
+        """Running query: positions first..end-1 are new and get the current delta."""
+        if self.current is None:
+            return
+        b, d = self.current.shape
+        if self.history is None or self.history.shape[1] < end:
+            capacity = max(64, 2 * end)
+            grown = torch.zeros((b, capacity, d), dtype=torch.float32, device=self.current.device)
+            if self.history is not None:
+                grown[:, :self.history.shape[1]] = self.history
+            self.history = grown
+        lo = max(first, 1)
+        if lo < end:
+            self.history[:, lo:end] = self.current[:, None, :]
+            self.first_delta = lo if self.first_delta is None else self.first_delta
 
     # -- the edit ------------------------------------------------------------------------------
     def __call__(self, hidden: torch.Tensor, call: hooks.HookCall) -> torch.Tensor | None:
-        positions = self._positions(call, hidden.shape[1])
-        new = positions >= self.seen
-        if bool(new.any()):
-            fresh = new & (positions >= self.pooled_upto)
-            if bool(fresh.any()) and (self.settings.query == "running" or self.trace.recalls == 0):
-                self._pool_new(hidden, positions, fresh)
+        if self.memory.device != hidden.device:  # a memory built elsewhere: moved once
+            self.memory = self.memory.to(hidden.device)
+        length = hidden.shape[1]
+        start = self._span(length)
+        end = start + length
+        first_new = max(self.seen, start)
+        self.calls += 1
+        if first_new < end:
+            fresh = max(first_new, self.pooled_upto)
+            if fresh < end and (self.running or self.trace.recalls == 0):
+                self._pool(hidden, start, fresh, end)
                 self._recall()
-            end = int(positions.max()) + 1
-            self.history.extend([None] * (end - len(self.history)))
-            for p in positions[new].tolist():
-                self.history[p] = self.current if p >= 1 else None
-            self.seen = max(self.seen, end)
-        deltas = [self.history[p] for p in positions.tolist()]
-        if all(d is None for d in deltas):
-            return None
-        zero = torch.zeros_like(next(d for d in deltas if d is not None))
-        delta = torch.stack([zero if d is None else d for d in deltas], dim=1).to(hidden.device)  # [b, s, d]
-        return self._apply(hidden, delta, new.to(hidden.device))
+            if self.running:
+                self._remember(first_new, end)
+            self.seen = end
+        if self.running:
+            if self.first_delta is None or self.first_delta >= end:
+                return None
+            delta = self.history[:, start:end]
+        else:
+            if self.current is None or end <= 1:
+                return None
+            delta = self.current[:, None, :].expand(-1, length, -1)
+            if start == 0:
+                delta = torch.cat([torch.zeros_like(delta[:, :1]), delta[:, 1:]], dim=1)
+        return self._apply(hidden, delta, first_new - start)
 
-    def _apply(self, hidden: torch.Tensor, delta: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    def _apply(self, hidden: torch.Tensor, delta: torch.Tensor, new_from: int) -> torch.Tensor:
         clip = self.settings.clip
         h = hidden.to(torch.float32)
         h_norm = h.norm(dim=-1, keepdim=True)
         d_norm = delta.norm(dim=-1, keepdim=True)
         scale = torch.where(d_norm > 0, (clip * h_norm / d_norm.clamp_min(1e-30)).clamp(max=1.0),
                             torch.zeros_like(d_norm))
-        out = (h + delta * scale).to(hidden.dtype)
+        out = torch.where(d_norm > 0, (h + delta * scale).to(hidden.dtype), hidden)
         # Measure what was really added (after rounding to the model's dtype) and hold the bound.
         ratio = (out.to(torch.float32) - h).norm(dim=-1) / h_norm.squeeze(-1).clamp_min(1e-30)
-        tolerance = clip * 1e-3 + 8 * torch.finfo(hidden.dtype).eps
-        worst = float(ratio.max())
-        if worst > clip + tolerance:
-            raise ClipBreach(f"layer {self.memory.layer}: a token moved by {worst:.4f} of its norm, clip {clip}")
-        touched = (d_norm.squeeze(-1) > 0) & new
-        self.trace.tokens_nudged += int(touched.sum())
-        self.trace.tokens_clipped += int((touched & (scale.squeeze(-1) < 1)).sum())
-        self.trace.max_ratio = max(self.trace.max_ratio, worst)
+        acc = self._counters()
+        acc["worst"] = torch.maximum(acc["worst"], ratio.max())
+        if self._strict(hidden):
+            self._check_clip(float(acc["worst"]), hidden.dtype)
+        touched = (d_norm.squeeze(-1) > 0)[:, new_from:]
+        acc["nudged"] += touched.sum()
+        acc["clipped"] += (touched & (scale.squeeze(-1)[:, new_from:] < 1)).sum()
+        self.dtype = hidden.dtype
         return out
+
+    def _strict(self, hidden: torch.Tensor) -> bool:
+        if self.strict is not None:
+            return self.strict
+        env = os.environ.get(STRICT_ENV, "").strip()
+        return env == "1" if env in ("0", "1") else hidden.device.type == "cpu"
+
+    def _check_clip(self, worst: float, dtype: torch.dtype) -> None:
+        clip = self.settings.clip
+        if worst > clip + clip_tolerance(clip, dtype):
+            raise ClipBreach(f"layer {self.memory.layer}: a token moved by {worst:.4f} of its norm, clip {clip}")
+
+    def finish(self) -> LayerTrace:
+        """Read the device counters into the trace (one copy per layer) and check the clip bound."""
+        if self._acc is not None:
+            acc = {k: v.cpu() for k, v in self._acc.items()}
+            t = self.trace
+            t.tokens_nudged, t.tokens_clipped = int(acc["nudged"]), int(acc["clipped"])
+            t.max_ratio, t.delta_norm = float(acc["worst"]), float(acc["delta_norm"])
+            weights, relevance = acc["weight"].tolist(), acc["relevance"].tolist()
+            t.records = {self.memory.record_ids[i]: {"relevance": relevance[i], "weight": w}
+                         for i, w in enumerate(weights) if w > 0}
+            if self.dtype is not None:
+                self._check_clip(t.max_ratio, self.dtype)
+        return self.trace
 
 
 class NudgeSession:
     """Hooks for one generation; ``with`` it around the ``generate`` (or forward) call."""
 
     def __init__(self, lm, memories: dict[int, LayerMemory], inputs: dict | None = None,
-                 disabled_reason: str | None = None):
+                 disabled_reason: str | None = None, strict: bool | None = None):
         """``inputs``: the prompt's ``input_ids`` and ``attention_mask`` (a right-padded batch is
-        fine), pooled from a clean pass; without them each layer pools what its hook sees."""
+        fine), pooled from a clean pass; without them each layer pools what its hook sees.
+        ``strict``: check the clip in every call (default: when the model is on the CPU)."""
         self.lm = lm
         self.disabled_reason = disabled_reason
-        active = {} if disabled_reason else {layer: m for layer, m in memories.items() if m.size}
+        device = lm.device
+        active = {} if disabled_reason else {layer: m.to(device) for layer, m in memories.items() if m.size}
         mask = inputs.get("attention_mask") if inputs is not None else None
         if inputs is not None and mask is None:
             mask = torch.ones_like(inputs["input_ids"])
         pooled = self._clean_pool(lm, inputs, mask, sorted(active)) if active and inputs is not None else {}
-        self.hooks = {layer: LayerHook(m, mask, pooled.get(layer)) for layer, m in active.items()}
+        self.hooks = {layer: LayerHook(m, mask, pooled.get(layer), strict) for layer, m in active.items()}
         self._stack: ExitStack | None = None
 
     @staticmethod
@@ -183,8 +274,14 @@ class NudgeSession:
             self._stack.enter_context(hooks.edit_residual(self.lm, dict(self.hooks)))
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         self._stack.close()
+        try:
+            for hook in self.hooks.values():
+                hook.finish()
+        except ClipBreach:
+            if exc_type is None:
+                raise
 
     @property
     def traces(self) -> list[LayerTrace]:

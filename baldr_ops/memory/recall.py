@@ -11,23 +11,58 @@ matches nothing recalls nothing and the hook leaves the model untouched.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
 
 import torch
 
 from baldr_ops.memory.config import LayerSettings
-from baldr_ops.memory.index import IndexFactory, VectorIndex, build_index
+from baldr_ops.memory.index import ExactIndex, IndexFactory, VectorIndex, build_index
 
 
-@dataclass
 class Recall:
-    """What one query batch recalled: per row, the records with nonzero weight."""
+    """What one query batch recalled. The tensors stay on the memory's device (nothing is copied to
+    the host while the model runs); the per-row lists, for the audit trail and reports, are read from
+    them on first use, in one copy.
 
-    record_ids: list[list[str]]
-    relevance: list[list[float]]
-    weights: list[list[float]]
-    delta: torch.Tensor  # [batch, d] float32; zero rows where nothing was recalled
-    top_relevance: list[list[tuple[str, float]]]  # the top_k candidates before gating, for reports
+    ``scores``/``rows``/``weight_matrix``: [batch, k] top-k cosine, key row and weight; ``delta``:
+    [batch, d] float32, zero rows where nothing was recalled."""
+
+    def __init__(self, record_ids: list[str], scores: torch.Tensor, rows: torch.Tensor, weight_matrix: torch.Tensor,
+                 delta: torch.Tensor):
+        self._ids = record_ids
+        self.scores, self.rows, self.weight_matrix, self.delta = scores, rows, weight_matrix, delta
+        self._lists: tuple | None = None
+
+    def _host(self) -> tuple:
+        if self._lists is None:
+            scores, rows, weights = (t.cpu().tolist() for t in (self.scores, self.rows, self.weight_matrix))
+            ids, rel, wts, top = [], [], [], []
+            for s_row, r_row, w_row in zip(scores, rows, weights, strict=True):
+                keep = [j for j, w in enumerate(w_row) if w > 0]
+                ids.append([self._ids[r_row[j]] for j in keep])
+                rel.append([s_row[j] for j in keep])
+                wts.append([w_row[j] for j in keep])
+                top.append([(self._ids[r], v) for r, v in zip(r_row, s_row, strict=True)])
+            self._lists = ids, rel, wts, top
+        return self._lists
+
+    @property
+    def record_ids(self) -> list[list[str]]:
+        """Per row, the records with nonzero weight."""
+        return self._host()[0]
+
+    @property
+    def relevance(self) -> list[list[float]]:
+        return self._host()[1]
+
+    @property
+    def weights(self) -> list[list[float]]:
+        return self._host()[2]
+
+    @property
+    def top_relevance(self) -> list[list[tuple[str, float]]]:
+        """Per row, the top_k candidates before gating, for reports."""
+        return self._host()[3]
 
     @property
     def active(self) -> bool:
@@ -35,45 +70,60 @@ class Recall:
 
 
 class LayerMemory:
-    """The approved records of one layer, indexed, with the layer's settings."""
+    """The approved records of one layer, indexed, with the layer's settings. Keys, values and the
+    centre live on ``device`` (give the model's: recall then runs where the model does)."""
 
     def __init__(self, settings: LayerSettings, record_ids: list[str], keys: torch.Tensor, values: torch.Tensor,
-                 centre: torch.Tensor, approximate: IndexFactory | None = None):
+                 centre: torch.Tensor, approximate: IndexFactory | None = None,
+                 device: torch.device | str | None = None):
         if len(record_ids) != keys.shape[0] or keys.shape != values.shape:
             raise ValueError("record ids, keys and values must match")
+        device = torch.device(device) if device is not None else values.device
         self.settings = settings
         self.layer = settings.layer
         self.record_ids = list(record_ids)
-        self.values = values.to(torch.float32)
-        self.centre = centre.to(torch.float32)
-        self.index: VectorIndex | None = build_index(keys, approximate) if record_ids else None
+        self.values = values.to(device=device, dtype=torch.float32)
+        self.centre = centre.to(device=device, dtype=torch.float32)
+        self.index: VectorIndex | None = build_index(keys.to(device), approximate) if record_ids else None
 
     @property
     def size(self) -> int:
         return len(self.record_ids)
 
-    def query(self, pooled: torch.Tensor) -> torch.Tensor:
-        return pooled.to(torch.float32) - self.centre
+    @property
+    def device(self) -> torch.device:
+        return self.values.device
 
-    def recall(self, pooled: torch.Tensor) -> Recall:
-        """Recall for pooled states [b, d] (not yet centred)."""
+    def to(self, device: torch.device | str) -> LayerMemory:
+        """This memory on ``device`` (itself when it is there already)."""
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        moved = copy.copy(self)
+        moved.values, moved.centre = self.values.to(device), self.centre.to(device)
+        if isinstance(self.index, ExactIndex):
+            moved.index = self.index.to(device)
+        return moved
+
+    def query(self, pooled: torch.Tensor) -> torch.Tensor:
+        return pooled.to(device=self.device, dtype=torch.float32) - self.centre
+
+    def recall(self, pooled: torch.Tensor, valid: torch.Tensor | None = None) -> Recall:
+        """Recall for pooled states [b, d] (not yet centred); rows where ``valid`` [b] is False (no
+        token pooled) recall nothing. Runs on the memory's device without a host copy."""
         s = self.settings
         b = pooled.shape[0]
-        delta = torch.zeros((b, self.values.shape[1]), dtype=torch.float32)
         if self.index is None or s.strength == 0:
-            return Recall([[] for _ in range(b)], [[] for _ in range(b)], [[] for _ in range(b)], delta,
-                          [[] for _ in range(b)])
+            empty = torch.zeros((b, 0), device=self.device)
+            return Recall(self.record_ids, empty, empty.long(), empty,
+                          torch.zeros((b, self.values.shape[1]), dtype=torch.float32, device=self.device))
         scores, rows = self.index.search(self.query(pooled), s.top_k)
+        scores, rows = scores.to(self.device), rows.to(self.device)
         if s.gate == "relevance":
             weights = (s.strength * (scores - s.threshold).clamp_min(0)).clamp_max(s.weight_cap)
         else:
             weights = torch.full_like(scores, min(s.weight_cap, s.strength / s.top_k))
+        if valid is not None:
+            weights = weights * valid.to(self.device)[:, None]
         delta = torch.einsum("bk,bkd->bd", weights, self.values[rows])
-        ids, rel, wts, top = [], [], [], []
-        for row in range(b):
-            keep = (weights[row] > 0).nonzero().flatten().tolist()
-            ids.append([self.record_ids[rows[row, j]] for j in keep])
-            rel.append([float(scores[row, j]) for j in keep])
-            wts.append([float(weights[row, j]) for j in keep])
-            top.append([(self.record_ids[r], float(v)) for r, v in zip(rows[row].tolist(), scores[row].tolist(), strict=True)])
-        return Recall(ids, rel, wts, delta, top)
+        return Recall(self.record_ids, scores, rows, weights, delta)

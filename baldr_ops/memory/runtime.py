@@ -37,12 +37,13 @@ class Exclusion:
 
 
 def memory_from_records(settings: LayerSettings, records, centre: np.ndarray,
-                        approximate: IndexFactory | None = None) -> LayerMemory:
+                        approximate: IndexFactory | None = None, device: torch.device | str | None = None) -> LayerMemory:
+    """The records' keys and values as a `LayerMemory` on ``device`` (the model's, for generation)."""
     ids = [r.id for r in records]
     d = centre.shape[0]
     keys = torch.from_numpy(np.stack([r.body.key_vector() for r in records])) if ids else torch.zeros(0, d)
     values = torch.from_numpy(np.stack([r.body.value_vector() for r in records])) if ids else torch.zeros(0, d)
-    return LayerMemory(settings, ids, keys, values, torch.from_numpy(centre), approximate)
+    return LayerMemory(settings, ids, keys, values, torch.from_numpy(centre), approximate, device=device)
 
 
 class MemoryRuntime:
@@ -81,7 +82,7 @@ class MemoryRuntime:
                                                     f"{checks[r.id].key_error:.2e})") for r in failed]
                 records = [r for r in records if checks[r.id].ok]
             memories[layer] = memory_from_records(s.model_copy(update={"layer": layer}), records,
-                                                  state.reference.arrays()[0], approximate)
+                                                  state.reference.arrays()[0], approximate, device=lm.device)
         return cls(lm, memories, store, excluded)
 
     def disabled_reason(self) -> str | None:
