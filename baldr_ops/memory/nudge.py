@@ -50,6 +50,15 @@ class ClipBreach(RuntimeError):
     """The nudge moved a token's residual further than its clip allows (a bug, never expected)."""
 
 
+class SessionReused(RuntimeError):
+    """A session's hooks saw a second generation (or a call they cannot place): its deltas belong to
+    the first one, so the result would be wrong."""
+
+    def __init__(self, detail: str):
+        super().__init__(f"{detail}: a memory session covers one generate() or forward call; open a new "
+                         f"session (runtime.session(...)) for each")
+
+
 @dataclass
 class LayerTrace:
     """What one layer did in one generation, for the audit trail (filled when the session ends)."""
@@ -106,15 +115,35 @@ class LayerHook:
                          "worst": torch.zeros((), dtype=torch.float32, device=device),
                          "weight": torch.zeros(n, dtype=torch.float32, device=device),
                          "relevance": torch.full((n,), -torch.inf, dtype=torch.float32, device=device),
-                         "delta_norm": torch.zeros((), dtype=torch.float32, device=device)}
+                         "delta_norm": torch.zeros((), dtype=torch.float32, device=device),
+                         "positions": torch.zeros((), dtype=torch.bool, device=device)}
         return self._acc
 
     def _span(self, length: int) -> int:
         """The first position of a call of ``length`` tokens: 0 for the first call and for a re-run
-        without the cache (everything so far plus one token), else right after what was seen."""
+        without the cache (everything so far plus one token), ``seen`` for a cached step (one token).
+        Anything else is a second generation in the same session (or a multi-token cached call,
+        which is not supported) and raises `SessionReused`."""
         if self.calls == 0 or (length == self.seen + 1 and length > 1):
             return 0
-        return self.seen
+        if length == 1:
+            return self.seen
+        raise SessionReused(f"layer {self.memory.layer}: a call of {length} tokens after {self.seen} seen is "
+                            f"neither a cached step (1 token) nor a re-run ({self.seen + 1})")
+
+    def _check_positions(self, call: hooks.HookCall, end: int, strict: bool) -> None:
+        """The call's own positions must end where the hook thinks: checked now when ``strict``,
+        else on the device and read in `finish` (a second generation whose first call happens to
+        look like a step is caught here)."""
+        if call.positions is None:
+            return
+        wrong = call.positions.amax() != end - 1
+        if strict:
+            if bool(wrong):
+                raise SessionReused(f"layer {self.memory.layer}: positions restart below the {self.seen} seen")
+        else:
+            acc = self._counters()
+            acc["positions"] = acc["positions"] | wrong.to(acc["positions"].device)
 
     def _pool(self, hidden: torch.Tensor, start: int, first: int, end: int) -> None:
         """Add positions first..end-1 of the call (which starts at ``start``) to the pooled sum."""
@@ -174,6 +203,7 @@ class LayerHook:
         length = hidden.shape[1]
         start = self._span(length)
         end = start + length
+        self._check_positions(call, end, self._strict(hidden))
         first_new = max(self.seen, start)
         self.calls += 1
         if first_new < end:
@@ -237,6 +267,8 @@ class LayerHook:
             weights, relevance = acc["weight"].tolist(), acc["relevance"].tolist()
             t.records = {self.memory.record_ids[i]: {"relevance": relevance[i], "weight": w}
                          for i, w in enumerate(weights) if w > 0}
+            if bool(acc["positions"]):
+                raise SessionReused(f"layer {self.memory.layer}: a call's positions did not follow the ones before")
             if self.dtype is not None:
                 self._check_clip(t.max_ratio, self.dtype)
         return self.trace
@@ -269,6 +301,8 @@ class NudgeSession:
         return {layer: derive.pooled_sum(hidden, weights) for layer, hidden in states.items()}
 
     def __enter__(self) -> NudgeSession:
+        if self._stack is not None:
+            raise SessionReused("this session was entered before")
         self._stack = ExitStack()
         if self.hooks:
             self._stack.enter_context(hooks.edit_residual(self.lm, dict(self.hooks)))
@@ -279,7 +313,7 @@ class NudgeSession:
         try:
             for hook in self.hooks.values():
                 hook.finish()
-        except ClipBreach:
+        except (ClipBreach, SessionReused):
             if exc_type is None:
                 raise
 

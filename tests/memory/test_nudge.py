@@ -117,6 +117,35 @@ def test_the_hooks_pool_with_the_function_that_makes_records(store_copy, smollm2
     assert torch.equal(query, derive.pool_states(states, inputs["attention_mask"]))
 
 
+@pytest.mark.parametrize("query", ["prompt", "running"])
+def test_a_second_generation_in_one_session_is_a_clear_error(store_copy, smollm2, query):
+    """Its positions restart below what the hooks have seen, so the first generation's deltas would
+    be applied to it: refused. A new session (or the same GenerationSession entered again) is fine."""
+    from baldr_ops.memory.nudge import NudgeSession, SessionReused
+
+    runtime = _runtime(store_copy, smollm2, query=query, threshold=0.15)
+    inputs = smollm2.tokenize(FINANCE)
+    kwargs = dict(max_new_tokens=4, do_sample=False, pad_token_id=smollm2.tokenizer.pad_token_id)
+    session = runtime.session(inputs, prompt=FINANCE)
+    with torch.no_grad():
+        with session:
+            first = smollm2.model.generate(**inputs, **kwargs)
+            with pytest.raises(SessionReused, match="one generate"):
+                smollm2.model.generate(**inputs, **kwargs)
+        with session:  # entered again: a fresh set of hooks
+            assert torch.equal(smollm2.model.generate(**inputs, **kwargs), first)
+        with session, pytest.raises(SessionReused):
+            smollm2.model(**inputs)
+            smollm2.model(**inputs)  # a second forward pass of the prompt
+        one = {k: v[:, :1] for k, v in inputs.items()}  # a one-token prompt looks like a step
+        nudge = NudgeSession(smollm2, runtime.memories, inputs, strict=False)
+        with pytest.raises(SessionReused, match="did not follow"), nudge:
+            smollm2.model.generate(**inputs, **kwargs)
+            smollm2.model(**one)
+        with pytest.raises(SessionReused, match="entered before"), nudge:
+            pass
+
+
 def test_poisoned_memory_is_clipped_per_token(store_copy, smollm2):
     """A 1000x-norm value signed into the store (an insider past the screens): every token still
     moves by at most clip * ||h||, measured outside the hook, and the weight stays under the cap."""
