@@ -97,3 +97,25 @@ def test_a_layer_memory_lives_on_its_device():
     assert {memory.values.device.type, memory.centre.device.type, memory.index.keys.device.type} == {"meta"}
     recall = memory.recall(torch.zeros(2, D, device="meta"))
     assert recall.delta.device.type == "meta" and recall.weight_matrix.device.type == "meta"
+
+
+def test_clip_tolerance_is_relative_to_the_clip_and_sound_in_bfloat16():
+    """The realised change may pass clip * ||h|| only by float32 slack and the dtype's rounding of
+    h + delta (unit roundoff u times (1 + clip)), not by a fixed 8 eps (12 % of a 0.5 clip in bf16)."""
+    from baldr_ops.memory.nudge import ClipBreach, clip_tolerance
+
+    assert clip_tolerance(0.5, torch.bfloat16) < 0.5 * 0.015
+    assert clip_tolerance(0.5, torch.float32) < 0.5 * 1.1e-4
+    for clip in (0.01, 0.1, 0.5, 2.0):
+        for dtype in (torch.bfloat16, torch.float16, torch.float32):
+            memory = _memory("prompt", "cpu")
+            memory.settings = memory.settings.model_copy(update={"clip": clip})
+            memory.values = memory.values * 1000  # always clipped
+            pooled = (memory.values[:1] / 3000, torch.ones(1, 1))
+            hook = LayerHook(memory, torch.ones(1, 64, dtype=torch.long), pooled, strict=True)
+            hidden = (torch.randn(1, 64, D, generator=torch.Generator().manual_seed(7)) * 30).to(dtype)
+            hook(hidden, HookCall(0, torch.arange(64)[None]))  # strict: a breach would raise here
+            trace = hook.finish()
+            assert clip <= trace.max_ratio + 1e-3 * clip and trace.max_ratio <= clip + clip_tolerance(clip, dtype)
+    with pytest.raises(ClipBreach):  # 5 % over a 0.5 clip in bf16 is a breach (the old bound let 12 % pass)
+        LayerHook(_memory("prompt", "cpu"))._check_clip(0.5 * 1.05, torch.bfloat16)
