@@ -234,7 +234,8 @@ def run_add(args) -> int:
     if args.layer:
         layers, source = [lm.check_layer(layer) for layer in args.layer], "given"
     else:
-        layer, source = default_layer(lm.n_layers, ident.weights_sha256, args.profile)
+        layer, source = default_layer(lm.n_layers, ident.weights_sha256, args.profile, model_name=ident.name,
+                                      d_model=ident.d_model)
         layers = [layer]
     store = MemoryStore.open_or_create(args.store, key, ident)
     records = add_texts(store, lm, texts, layers, origin=args.origin, label=args.label,

@@ -63,14 +63,20 @@ class ScreenSettings(BaseModel):
 
 
 def default_layer(n_layers: int, weights_sha256: str | None = None, profile: str | os.PathLike | None = None,
-                  env: dict | None = None) -> tuple[int, str]:
+                  env: dict | None = None, *, model_name: str | None = None,
+                  d_model: int | None = None) -> tuple[int, str]:
     """The layer to use when none is given, and where it came from.
 
     Lookup: ``profile`` (a saved SAE layer profile JSON), else the file named by $BALDR_SAE_PROFILE,
     else ``int(0.45 * n_layers)``. The layer is read from ``integration_depth.layer`` (the
     ``baldr-ops sae profile --json`` document; used only when ``interior``), else from one of
-    `PROFILE_LAYER_KEYS` (top level or under "profile"). A profile that records another model's
-    ``weights_sha256`` or another ``n_layers`` is refused.
+    `PROFILE_LAYER_KEYS` (top level or under "profile").
+
+    A profile of another model is refused: one that records another ``weights_sha256``, or another
+    ``n_layers``, ``d_model`` or model name (``model``: the model's directory or file name, which is
+    what an SAE profile document records, having no weights hash). Without a hash this is a
+    heuristic: a renamed copy of the same model is refused, another model under the same name and
+    shape is not.
     """
     env = os.environ if env is None else env
     path = profile or env.get(PROFILE_ENV)
@@ -88,6 +94,14 @@ def default_layer(n_layers: int, weights_sha256: str | None = None, profile: str
     if isinstance(recorded_layers, int) and recorded_layers != n_layers:
         raise UserError(f"the SAE layer profile {path} is of a model with {recorded_layers} layers, this one has "
                         f"{n_layers}", hint="give --layer, or a profile of this model")
+    recorded_name, recorded_width = data.get("model"), data.get("d_model")
+    if model_name and isinstance(recorded_name, str) and recorded_name != model_name:
+        raise UserError(f"the SAE layer profile {path} was made for {recorded_name}, this model is {model_name}",
+                        hint="give --layer, or a profile of this model (profiles are matched by model name, "
+                             "n_layers and d_model)")
+    if d_model and isinstance(recorded_width, int) and recorded_width != d_model:
+        raise UserError(f"the SAE layer profile {path} is of a model with d_model {recorded_width}, this one has "
+                        f"{d_model}", hint="give --layer, or a profile of this model")
     # `baldr-ops sae profile` documents (kind "sae.layer_profile") put it at integration_depth.layer;
     # an argmax at an end of the profiled range ("interior": false) is no integration zone.
     depth = data.get("integration_depth")

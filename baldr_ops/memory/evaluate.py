@@ -204,7 +204,7 @@ def run(lm, settings: EvalSettings | None = None, progress: Callable[[str], None
     started = time.monotonic()
     ident = identity_of(lm)
     if settings.layer is None:
-        layer, source = default_layer(lm.n_layers, ident.weights_sha256)
+        layer, source = default_layer(lm.n_layers, ident.weights_sha256, model_name=ident.name, d_model=ident.d_model)
     else:
         layer, source = lm.check_layer(settings.layer), "given"
     names = [d.name for d in builtin.DOMAINS]

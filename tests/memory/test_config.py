@@ -58,3 +58,19 @@ def test_sae_profile_document(tmp_path):
     path.write_text(json.dumps(doc))
     with pytest.raises(UserError, match="18 layers"):
         default_layer(30, "abc", path, env={})
+
+
+def test_sae_profile_of_another_model_is_refused(tmp_path):
+    """An SAE profile document records no weights hash, only the model's name (its directory or file
+    name), n_layers and d_model: all three must match. A heuristic, documented as one."""
+    path = tmp_path / "sae-profile.json"
+    doc = {"kind": "sae.layer_profile", "model": "SmolLM2-135M-Instruct", "family": "llama", "n_layers": 30,
+           "d_model": 576, "integration_depth": {"layer": 12, "interior": True}}
+    path.write_text(json.dumps(doc))
+    mine = dict(model_name="SmolLM2-135M-Instruct", d_model=576)
+    assert default_layer(30, "abc", path, env={}, **mine)[0] == 12
+    for change, message in (({"model": "Other-Model-30L"}, "made for Other-Model-30L"), ({"d_model": 960}, "d_model 960")):
+        path.write_text(json.dumps({**doc, **change}))
+        with pytest.raises(UserError, match=message) as err:
+            default_layer(30, "abc", path, env={}, **mine)
+        assert "--layer" in err.value.hint
