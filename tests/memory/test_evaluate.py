@@ -44,5 +44,5 @@ def test_criterion_17_on_smollm2(smollm2):
         assert math.isfinite(value)
     assert 0.5 < report.auroc <= 1
     assert report.spearman_fixed.pairs == 64 and report.spearman_fixed.rho is not None
-    assert report.spearman_gated.pairs == report.gated.pairs  # only pairs with nonzero weight
+    assert 0 < report.spearman_gated.pairs < 64  # only the pairs the gate let through (measured 9)
     assert report.passed
