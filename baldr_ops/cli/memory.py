@@ -419,9 +419,9 @@ def run_eval(args) -> int:
              f"{report.memories // len(report.domains)} memories, {report.queries} queries; {report.seconds:.0f} s", ""]
     lines += [f"{'PASS' if c.passed else 'FAIL' if c.passed is False else '    '}  {c.name}: {c.value}"
               + (f"  (target {c.target})" if c.passed is not None else "") for c in report.checks]
-    lines += ["", "dose-response at fixed strength (own / other domain shift, selectivity, KL):"]
-    lines += [f"  strength {d.strength:>4}: {d.own_mean:+.5f} / {d.other_mean:+.5f}  {d.selectivity:6.1%}  "
-              f"{d.kl_mean:.3f}" for d in report.dose]
+    lines += ["", "dose-response at fixed strength (own / other domain shift, selectivity [95% CI over queries], KL):"]
+    lines += [f"  strength {d.strength:>4}: {d.own_mean:+.5f} / {d.other_mean:+.5f}  {d.selectivity:6.1%} "
+              f"[{d.selectivity_low:.0%}, {d.selectivity_high:.0%}]  {d.kl_mean:.3f}" for d in report.dose]
     g = report.gated
     lines += [f"relevance-gated (defaults): {g.pairs} of {report.queries * len(report.domains)} pairs recalled; "
               f"selective {g.selective}/{g.pairs}; own {g.own_mean:+.5f}, other {g.other_mean:+.5f}; "
