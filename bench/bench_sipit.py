@@ -7,8 +7,11 @@
   run: its expected cost is (|V| + 1) / 2 candidates per position, i.e. 50 % of the vocabulary;
   the time that takes follows from the throughput.
 
-No pass/fail threshold (CPU numbers on a shared machine). BENCH_SIPIT_LAYERS overrides the layers
-(default 1,12,29); BENCH_SIPIT_POLICIES the policies (default linear,gradient).
+No pass/fail threshold (CPU numbers on a shared machine), except that no accepted token may be
+wrong. BENCH_SIPIT_LAYERS overrides the layers (default 1,12,29), BENCH_SIPIT_POLICIES the
+policies (default linear,gradient), BENCH_SIPIT_BUDGET the candidates per position after which a
+position is censored (default 2048: the gradient policy can need far more at deep layers, and each
+of its batches costs 20 optimiser steps).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ def main() -> int:
 
     layers = [int(x) for x in os.environ.get("BENCH_SIPIT_LAYERS", "1,12,29").split(",")]
     policies = os.environ.get("BENCH_SIPIT_POLICIES", "linear,gradient").split(",")
+    budget = int(os.environ.get("BENCH_SIPIT_BUDGET", "2048"))
     lm = load_model("demo")
     vocab = int(lm.input_embedding_matrix().shape[0])
     ids = lm.tokenize(PROMPT)["input_ids"][0].tolist()
@@ -53,16 +57,20 @@ def main() -> int:
         s32, s256 = _throughput(lm, layer, 32), _throughput(lm, layer, 256)
         speed[layer] = s256
         print(f"{layer:>5} {s32:>11.0f} {s256:>12.0f} {(vocab + 1) / 2 / s256:>31.0f}")
-    print(f"\n{'policy':>9} {'layer':>5} {'cand/position':>14} {'vocab %':>8} {'s/position':>11} {'exact':>6}")
+    print(f"\n{'policy':>9} {'layer':>5} {'cand/position':>14} {'vocab %':>8} {'s/position':>11} {'censored':>9} "
+          f"{'wrong':>6}")
     for policy in policies:
         for layer in layers:
             start = time.perf_counter()
-            result = invert_prompt(lm, layer, ids, policy=policy, seed=0)
+            result = invert_prompt(lm, layer, ids, policy=policy, seed=0, budget=budget)
             per_position = (time.perf_counter() - start) / len(ids)
-            exact = result.tokens == ids and all(p.correct for p in result.positions)
-            print(f"{policy:>9} {layer:>5} {result.mean_candidates:>14.0f} {100 * result.fraction_explored:>8.2f} "
-                  f"{per_position:>11.1f} {'yes' if exact else 'NO':>6}", flush=True)
-            if not exact:
+            censored = sum(p.censored for p in result.positions)
+            wrong = sum(p.correct is False for p in result.positions)
+            more = ">=" if censored else ""
+            print(f"{policy:>9} {layer:>5} {more + f'{result.mean_candidates:.0f}':>14} "
+                  f"{more + f'{100 * result.fraction_explored:.2f}':>8} {per_position:>11.1f} {censored:>9} "
+                  f"{wrong:>6}", flush=True)
+            if wrong:
                 return 1
     return 0
 
