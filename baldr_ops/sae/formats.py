@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from baldr_ops.errors import UserError
 from baldr_ops.sae.model import SAEConfig, SparseAutoencoder, check_finite, check_shape
@@ -69,6 +70,26 @@ def _read_json(path: Path) -> dict:
     if not isinstance(data, dict):
         raise UserError(f"{path} must hold a JSON object")
     return data
+
+
+class _StrictFields(BaseModel):
+    """The fields of a published config that we read, with the types their writers emit: strict, so a
+    "64" for k or a "no" for a flag is an error naming the field, not a silent coercion or bool("no")."""
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+
+def _typed(model: type[_StrictFields], cfg: dict, file: Path):
+    try:
+        return model.model_validate(cfg)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        expected = first["msg"].removeprefix("Input should be ").removeprefix("a valid ")
+        found = cfg
+        for part in first["loc"]:
+            found = found.get(part) if isinstance(found, dict) else None
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise UserError(f"{file}: field {field} must be {expected}, found {found!r}{more}") from None
 
 
 class TensorFile:
@@ -140,36 +161,62 @@ _SAELENS_ARCH = {"standard": "relu", "relu": "relu", "topk": "topk", "jumprelu":
                  "batchtopk": "jumprelu", "matryoshka_batchtopk": "jumprelu"}
 
 
-def _saelens_cfg(cfg: dict, file: Path) -> dict:
+class _SAELensMetadata(_StrictFields):
+    hook_name: str | None = None
+    model_name: str | None = None
+
+
+class _SAELensActivationKwargs(_StrictFields):
+    k: int | None = None
+
+
+class _SAELensFields(_StrictFields):
+    d_in: int
+    d_sae: int
+    architecture: str | None = None
+    k: int | None = None
+    activation_fn_str: str | None = None  # pre-6.0 configs
+    activation_fn: str | None = None
+    activation_fn_kwargs: _SAELensActivationKwargs | None = None
+    normalize_activations: str | None = None
+    apply_b_dec_to_input: bool = True
+    rescale_acts_by_decoder_norm: bool = False
+    metadata: _SAELensMetadata | None = None
+    hook_name: str | None = None
+    hook_point: str | None = None
+    hook_layer: int | None = None
+    model_name: str | None = None
+
+
+def _saelens_cfg(raw: dict, file: Path) -> dict:
     """SAELens 6 fields, converting pre-6.0 configs (activation_fn_str, activation_fn_kwargs.k)."""
-    arch = cfg.get("architecture")
-    k = cfg.get("k")
+    cfg = _typed(_SAELensFields, raw, file)
+    arch, k = cfg.architecture, cfg.k
     if arch is None:  # pre-6.0
-        act = cfg.get("activation_fn_str") or cfg.get("activation_fn") or "relu"
-        k = (cfg.get("activation_fn_kwargs") or {}).get("k", k)
+        act = cfg.activation_fn_str or cfg.activation_fn or "relu"
+        if cfg.activation_fn_kwargs and cfg.activation_fn_kwargs.k is not None:
+            k = cfg.activation_fn_kwargs.k
         arch = "topk" if act == "topk" else "standard"
     if arch not in _SAELENS_ARCH:
         raise UserError(f"{file}: SAE architecture {arch!r} is not supported",
                         hint=f"supported: {', '.join(sorted(_SAELENS_ARCH))}")
-    norm = cfg.get("normalize_activations") or "none"
+    norm = cfg.normalize_activations or "none"
     if norm != "none":
         raise UserError(f"{file}: normalize_activations={norm!r} is not supported", hint="only 'none'")
-    meta = cfg.get("metadata") or {}
-    hook = meta.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point")
-    for key in ("d_in", "d_sae"):
-        if not isinstance(cfg.get(key), int):
-            raise UserError(f"{file}: {key} must be an integer, found {cfg.get(key)!r}")
-    rescale = bool(cfg.get("rescale_acts_by_decoder_norm", False))
+    meta = cfg.metadata or _SAELensMetadata()
+    hook = meta.hook_name or cfg.hook_name or cfg.hook_point
+    rescale = cfg.rescale_acts_by_decoder_norm
     if arch in ("batchtopk", "matryoshka_batchtopk") and rescale:
         # The learned threshold is then in units of pre * |W_dec|, which JumpReLU does not model.
         raise UserError(f"{file}: a BatchTopK training checkpoint with rescale_acts_by_decoder_norm is "
                         "not supported", hint="save it for inference with SAELens (it folds the norm)")
+    if arch == "topk" and k is None:
+        raise UserError(f"{file}: a TopK SAE needs k", hint="add \"k\": <active features per token>")
     return {"architecture": _SAELENS_ARCH[arch], "k": k if arch == "topk" else None,
-            "d_in": cfg["d_in"], "d_sae": cfg["d_sae"],
-            "apply_b_dec_to_input": bool(cfg.get("apply_b_dec_to_input", True)),
+            "d_in": cfg.d_in, "d_sae": cfg.d_sae, "apply_b_dec_to_input": cfg.apply_b_dec_to_input,
             "rescale_acts_by_decoder_norm": rescale and arch == "topk",
-            "model_name": meta.get("model_name") or cfg.get("model_name"), "hook_name": hook,
-            "layer": layer_from_hook(hook) if hook else cfg.get("hook_layer")}
+            "model_name": meta.model_name or cfg.model_name, "hook_name": hook,
+            "layer": layer_from_hook(hook) if hook else cfg.hook_layer}
 
 
 def layer_from_hook(hook: str | None) -> int | None:
@@ -342,27 +389,35 @@ def _detect_gemma_scope_2(path: Path) -> bool:
     return (path / GEMMA_SCOPE_2_WEIGHTS).is_file()
 
 
+class _GemmaScope2Fields(_StrictFields):
+    architecture: str = "jump_relu"
+    hf_hook_point_in: str | None = None
+    hf_hook_point_out: str | None = None
+    model_name: str | None = None
+
+
 def _load_gemma_scope_2(path: Path, opts: LoadOptions) -> SparseAutoencoder:
-    cfg = _read_json(path / GEMMA_SCOPE_2_CFG) if (path / GEMMA_SCOPE_2_CFG).is_file() else {}
-    arch = cfg.get("architecture", "jump_relu")
+    cfg_file = path / GEMMA_SCOPE_2_CFG
+    cfg = _typed(_GemmaScope2Fields, _read_json(cfg_file) if cfg_file.is_file() else {}, cfg_file)
+    arch = cfg.architecture
     if arch not in ("jump_relu", "jumprelu"):
         raise UserError(f"{path / GEMMA_SCOPE_2_CFG}: architecture {arch!r} is not supported",
                         hint="Gemma Scope 2 SAEs are jump_relu")
     tensors = TensorFile(path / GEMMA_SCOPE_2_WEIGHTS)
-    if "affine_skip_connection" in tensors.keys or cfg.get("hf_hook_point_out"):
+    if "affine_skip_connection" in tensors.keys or cfg.hf_hook_point_out:
         raise UserError(f"{tensors.path}: this is a transcoder (it maps an MLP's input to its output), "
                         "not a residual-stream SAE", hint="use a resid_post SAE")
     keys = _pick_keys(tensors.keys, ("W_enc", "b_enc", "b_dec", "threshold")
                       + (() if opts.encoder_only else ("W_dec",)), tensors.path)
     keys.setdefault("W_dec", "w_dec")
     fields = _jumprelu_fields_from_shapes(tensors, keys)
-    hook = cfg.get("hf_hook_point_in")
+    hook = cfg.hf_hook_point_in
     layer = layer_from_hook(hook) if hook else layer_from_path(path)
     if not hook and layer is not None:
         # No config.json: the release's folder says the site (resid_post/, mlp_out/, attn_out/).
         site = next((p for p in path.parts if p in ("mlp_out", "attn_out")), None)
         hook = f"blocks.{layer}.hook_{site}" if site else f"model.layers.{layer}.output"
-    fields.update(layer=layer, model_name=cfg.get("model_name"), hook_name=hook)
+    fields.update(layer=layer, model_name=cfg.model_name, hook_name=hook)
     return build_sae(fields, tensors, keys, opts, "gemma-scope-2")
 
 
@@ -371,24 +426,31 @@ def _detect_sparsify(path: Path) -> bool:
     return (path / SPARSIFY_CFG).is_file() and (path / SPARSIFY_WEIGHTS).is_file()
 
 
+class _SparsifyFields(_StrictFields):
+    d_in: int
+    activation: str = "topk"
+    num_latents: int = 0
+    expansion_factor: int = 32
+    k: int = 32
+    transcode: bool = False
+    skip_connection: bool = False
+
+
 def _load_sparsify(path: Path, opts: LoadOptions) -> SparseAutoencoder:
     """encode = topk(relu(x - b_dec) @ encoder.weight.T + encoder.bias)); decode = acts @ W_dec + b_dec.
     encoder.weight is [d_sae, d_in] (an nn.Linear) and is transposed; W_dec is already [d_sae, d_in]."""
     cfg_file = path / SPARSIFY_CFG
-    cfg = _read_json(cfg_file)
-    activation = cfg.get("activation", "topk")
-    if activation != "topk":
-        raise UserError(f"{cfg_file}: sparsify activation {activation!r} is not supported", hint="only topk")
+    cfg = _typed(_SparsifyFields, _read_json(cfg_file), cfg_file)
+    if cfg.activation != "topk":
+        raise UserError(f"{cfg_file}: sparsify activation {cfg.activation!r} is not supported", hint="only topk")
     for flag, why in (("transcode", "a transcoder maps an MLP's input to its output"),
                       ("skip_connection", "its W_skip term is not modelled")):
-        if cfg.get(flag):
+        if getattr(cfg, flag):
             raise UserError(f"{cfg_file}: {flag}=true is not supported ({why})")
-    d_in = cfg.get("d_in")
-    if not isinstance(d_in, int):
-        raise UserError(f"{cfg_file}: d_in must be an integer, found {d_in!r}")
+    d_in = cfg.d_in
     # num_latents 0 (or absent) means d_in * expansion_factor, as sparsify builds it.
-    d_sae = cfg.get("num_latents") or d_in * int(cfg.get("expansion_factor", 32))
-    k = cfg.get("k", 32)
+    d_sae = cfg.num_latents or d_in * cfg.expansion_factor
+    k = cfg.k
     tensors = TensorFile(path / SPARSIFY_WEIGHTS)
     keys = {"W_enc": "encoder.weight", "b_enc": "encoder.bias", "W_dec": "W_dec", "b_dec": "b_dec"}
     layer = layer_from_path(path)

@@ -233,6 +233,43 @@ def test_garbled_json_config(tmp_path):
     assert "cfg.json" in msg and "not valid JSON" in msg
 
 
+def _rewrite_json(file, **changes):
+    cfg = json.loads(file.read_text())
+    cfg.update(changes)
+    file.write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize(("field", "value", "expected"), [
+    ("rescale_acts_by_decoder_norm", "no", "boolean"),  # bool("no") would be True
+    ("k", "8", "integer"),
+    ("d_sae", 96.0, "integer"),
+    ("apply_b_dec_to_input", 1, "boolean"),
+    ("metadata", {"hook_name": 12}, "string"),
+])
+def test_saelens_config_with_wrong_types_names_field_and_value(tmp_path, field, value, expected):
+    from tests.sae.test_model import random_sae
+
+    folder = save_saelens(random_sae("topk", k=8), tmp_path / "sae")
+    _rewrite_json(folder / "cfg.json", **{field: value})
+    msg = _error(load_sae, folder)
+    shown = "metadata.hook_name" if field == "metadata" else field
+    assert "cfg.json" in msg and shown in msg and expected in msg and repr(value if field != "metadata" else 12) in msg
+
+
+def test_other_configs_with_wrong_types(tmp_path):
+    folder, _ = write_sparsify(tmp_path / "layers.1", k="8")
+    msg = _error(load_sae, folder)
+    assert "cfg.json" in msg and "field k must be" in msg and "'8'" in msg
+    folder, _ = write_sparsify(tmp_path / "layers.2", transcode="false")
+    assert "field transcode must be" in _error(load_sae, folder)
+    folder, _ = write_sparsify(tmp_path / "layers.3", d_in=None)
+    assert "field d_in must be" in _error(load_sae, folder)
+    folder, _ = write_gemma_scope_2(tmp_path / "layer_3")
+    _rewrite_json(folder / "config.json", hf_hook_point_in=["model.layers.3"])
+    msg = _error(load_sae, folder)
+    assert "config.json" in msg and "hf_hook_point_in" in msg
+
+
 # -- criterion 9 (per file): encoder-only never reads W_dec ---------------------------------------
 @pytest.mark.parametrize("fmt", ["gemma-scope-v1", "gemma-scope-2", "sparsify", "saelens"])
 def test_encoder_only_reads_no_decoder(tmp_path, monkeypatch, fmt):
