@@ -70,6 +70,24 @@ def test_eval_bad_input(demo, identity_dir, tmp_path, capsys):
     one_error_line(capsys, main(["sae", "eval", "--sae", str(small)]), "d_in 16 .* d_model is 576")
 
 
+def test_eval_sae_errors_come_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    import baldr_ops.cli.sae.eval as eval_cli
+
+    def no_model(_args):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(eval_cli, "load_model_from_args", no_model)
+    one_error_line(capsys, main(["sae", "eval", "--sae", str(tmp_path / "nope")]), "does not exist")
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "weights.bin").write_bytes(b"\0")
+    one_error_line(capsys, main(["sae", "eval", "--sae", str(tmp_path / "odd")]), "unknown SAE format")
+    layered = tmp_path / "layered"
+    for layer in (2, 4):
+        save_saelens(random_sae("topk"), layered / f"layer_{layer}")
+    one_error_line(capsys, main(["sae", "eval", "--sae", str(layered)]), "pick one with --layer")
+    one_error_line(capsys, main(["sae", "eval", "--sae", str(layered), "--layer", "3"]), "layer 3")
+
+
 def test_train_writes_a_loadable_sae_with_progress(demo, tmp_path, capsys):
     text = tmp_path / "t.txt"
     text.write_text("The river runs past the old mill and under the stone bridge. " * 60)

@@ -70,11 +70,13 @@ def run(args) -> int:
     if args.massive_factor <= 1:
         raise UserError(f"--massive-factor must be above 1, got {args.massive_factor}")
     from baldr_ops.sae.corpus import text_source
-
-    source = text_source(args.text, split="heldout")  # a missing file fails before the model loads
-    lm = load_model_from_args(args)
-    from baldr_ops.sae.features import open_sae_for_layer
+    from baldr_ops.sae.features import open_sae_for_layer, preflight_sae
     from baldr_ops.sae.metrics import evaluate
+
+    # A missing text file or a bad --sae/--layer fails before the model loads.
+    source = text_source(args.text, split="heldout")
+    preflight_sae(args.sae, args.layer, variant=args.variant, format=args.sae_format)
+    lm = load_model_from_args(args)
 
     sae, layer = open_sae_for_layer(lm, args.sae, args.layer, encoder_only=False, variant=args.variant,
                                     format=args.sae_format)
