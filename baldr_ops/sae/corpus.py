@@ -223,6 +223,18 @@ def pad_id(tokenizer) -> int:
 DEFAULT_MASSIVE_FACTOR = 10.0
 
 
+def massive_norm(norms: torch.Tensor, counted: torch.Tensor, factor: float = DEFAULT_MASSIVE_FACTOR
+                 ) -> torch.Tensor:
+    """The counted tokens whose residual norm exceeds ``factor`` times the median norm of the counted
+    tokens: the one rule `sae eval`, `sae train` (per batch, as they stream) and `sae profile` (over
+    all prompts at a layer) use."""
+    import torch
+
+    if not counted.any():
+        return torch.zeros_like(counted)
+    return counted & (norms > factor * norms[counted].median())
+
+
 def outlier_mask(hidden: torch.Tensor, valid: torch.Tensor, massive_factor: float = DEFAULT_MASSIVE_FACTOR
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """(first, massive) boolean masks, [batch, seq], over a right-padded batch.
@@ -236,9 +248,4 @@ def outlier_mask(hidden: torch.Tensor, valid: torch.Tensor, massive_factor: floa
     valid = valid.bool()
     first = torch.zeros_like(valid)
     first[:, 0] = valid[:, 0]
-    norms = hidden.float().norm(dim=-1)
-    rest = valid & ~first
-    if not rest.any():
-        return first, torch.zeros_like(valid)
-    median = norms[rest].median()
-    return first, rest & (norms > massive_factor * median)
+    return first, massive_norm(hidden.float().norm(dim=-1), valid & ~first, massive_factor)

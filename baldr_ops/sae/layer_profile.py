@@ -47,9 +47,10 @@ from pydantic import BaseModel
 from baldr_ops.errors import UserError
 from baldr_ops.research.hooks import capture
 from baldr_ops.research.models import LanguageModel
+from baldr_ops.sae.corpus import DEFAULT_MASSIVE_FACTOR, massive_norm
 from baldr_ops.schema import Document
 
-MASSIVE_NORM_FACTOR = 10.0
+MASSIVE_NORM_FACTOR = DEFAULT_MASSIVE_FACTOR
 CI_LEVEL = 0.95
 
 # Fixed and deterministic: short, varied English (facts, narrative, instructions, code, numbers,
@@ -335,8 +336,8 @@ def _embedding_sums(data: list[_PromptStates], layer: int, centred_rows: torch.T
                     massive_factor: float) -> tuple[PromptSums, PromptSums, PromptSums, int, int]:
     states = [p.states[layer][1:] for p in data]
     norms = torch.cat([h.norm(dim=1) for h in states])
-    cutoff = massive_factor * float(norms.median())
-    keep = [h.norm(dim=1) <= cutoff for h in states]
+    massive = massive_norm(norms, torch.ones_like(norms, dtype=torch.bool), massive_factor)
+    keep = list(torch.split(~massive, [len(h) for h in states]))
     kept = torch.cat([h[k] for h, k in zip(states, keep, strict=True)])
     mean = kept.mean(0) if len(kept) else torch.zeros(states[0].shape[1])
     acc_sums, rank_sums, cos_sums, counts = [], [], [], []
