@@ -168,7 +168,7 @@ def _print(doc, args, text: str) -> None:
     print(doc.to_json() if args.json else text)
 
 
-def parse_layer_spec(spec: str, defaults: dict):
+def parse_layer_settings(spec: str, defaults: dict):
     """'13' or '13:strength=4,threshold=0.2' -> LayerSettings."""
     from pydantic import ValidationError
 
@@ -370,7 +370,7 @@ def _runtime_from_args(args, lm, store):
     specs = args.layer or [str(layer) for layer in store.layers()]
     if not specs:
         raise UserError(f"store {store.directory} is empty", hint="'memory add' some text, then 'memory approve'")
-    settings = [parse_layer_spec(spec, defaults) for spec in specs]
+    settings = [parse_layer_settings(spec, defaults) for spec in specs]
     runtime = MemoryRuntime.load(store, lm, settings, rederive_records=args.rederive, progress=progress)
     for e in runtime.excluded:
         progress(f"excluded at layer {e.layer}: {e.what}: {e.reason}")

@@ -46,6 +46,7 @@ from baldr_ops.memory.recall import LayerMemory
 from baldr_ops.memory.runtime import MemoryRuntime, memory_from_records
 from baldr_ops.memory.store import MemoryStore
 from baldr_ops.memory.writer import add_texts
+from baldr_ops.research.stats import GroupedSums, group_draws, percentile_interval
 from baldr_ops.schema import Document
 
 DOSES = (0.0, 0.5, 1.0, 2.0, 4.0)
@@ -164,12 +165,9 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 def bootstrap_mean(values: np.ndarray, groups: np.ndarray, n: int, seed: int) -> Interval:
     """Mean of ``values`` with a 95 % percentile interval, resampling whole groups (queries)."""
-    rng = np.random.default_rng(seed)
-    ids = np.unique(groups)
-    members = [values[groups == g] for g in ids]
-    means = [np.concatenate([members[i] for i in rng.integers(0, len(ids), len(ids))]).mean() for _ in range(n)]
-    return Interval(mean=float(values.mean()), low=float(np.percentile(means, 2.5)),
-                    high=float(np.percentile(means, 97.5)))
+    stat = GroupedSums.of(values, groups)
+    low, high = percentile_interval(stat.resampled(group_draws(np.random.default_rng(seed), len(stat.sums), n)))
+    return Interval(mean=float(np.mean(values)), low=low, high=high)
 
 
 def spearman(x: list[float], y: list[float]) -> Correlation:
@@ -190,9 +188,8 @@ def selectivity(shifts: np.ndarray, n: int = 0, seed: int = 0) -> Selectivity:
     wins = own > other
     low = high = None
     if n:
-        rng = np.random.default_rng(seed)
-        fractions = [wins[rng.integers(0, len(wins), len(wins))].mean() for _ in range(n)]
-        low, high = float(np.percentile(fractions, 2.5)), float(np.percentile(fractions, 97.5))
+        per_query = GroupedSums(wins.sum(axis=1).astype(float), np.full(len(wins), float(n_domains)))
+        low, high = percentile_interval(per_query.resampled(group_draws(np.random.default_rng(seed), len(wins), n)))
     return Selectivity(pairs=own.size, selective=int(wins.sum()), fraction=int(wins.sum()) / max(own.size, 1),
                        own_mean=float(own.mean()), other_mean=float(other.mean()), low=low, high=high)
 

@@ -25,6 +25,17 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
 _NOT_TEXT = ("vision", "audio", "image", "visual", "encoder")
 
 
+def layer_ranges(layers) -> str:
+    """[1, 2, 3, 7, 9, 10] -> '1-3, 7, 9-10': a compact list of layer indices for messages."""
+    runs: list[list[int]] = []
+    for x in sorted(set(layers)):
+        if runs and x == runs[-1][1] + 1:
+            runs[-1][1] = x
+        else:
+            runs.append([x, x])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
 @dataclass
 class LanguageModel:
     """A loaded causal LM and the parts of it that research code reads or hooks."""

@@ -510,6 +510,10 @@ def detect_format(path: Path) -> Format:
     for fmt in FORMATS:
         if fmt.detect(path):
             return fmt
+    if path.is_dir() and any(c.is_dir() and layer_from_name(c.name) is not None for c in path.iterdir()):
+        # Named by layer (layer_12, layers.12, blocks.12.hook_resid_post): the layout `layered` reads.
+        raise UserError(f"{path} is a directory of per-layer SAEs, not one SAE",
+                        hint="open it with baldr_ops.sae.layered.LayeredSAEs (the CLI: --sae DIR --layer L)")
     listing = ", ".join(sorted(p.name for p in path.iterdir())[:12]) if path.is_dir() else path.name
     raise UserError(f"{path}: unknown SAE format (found: {listing or 'an empty directory'})",
                     hint=f"known formats: {', '.join(f.name for f in FORMATS)}")
@@ -519,12 +523,6 @@ def load_sae(path: str | Path, *, format: str = "auto", device: str = "cpu", dty
              encoder_only: bool = False, expect_d_in: int | None = None) -> SparseAutoencoder:
     """Load one SAE; ``expect_d_in`` (the model's d_model) is checked with a clear error."""
     path = Path(path).expanduser()
-    if path.is_dir() and not any(f.detect(path) for f in FORMATS):
-        from baldr_ops.sae.layered import is_layered
-
-        if is_layered(path):
-            raise UserError(f"{path} is a directory of per-layer SAEs, not one SAE",
-                            hint="open it with baldr_ops.sae.layered.LayeredSAEs (the CLI: --sae DIR --layer L)")
     if format == "auto":
         fmt = detect_format(path)
     else:

@@ -46,7 +46,8 @@ from pydantic import BaseModel
 
 from baldr_ops.errors import UserError
 from baldr_ops.research.hooks import capture
-from baldr_ops.research.models import LanguageModel
+from baldr_ops.research.models import LanguageModel, layer_ranges
+from baldr_ops.research.stats import GroupedSums, group_draws, percentile_interval
 from baldr_ops.sae.corpus import DEFAULT_MASSIVE_FACTOR, massive_norm
 from baldr_ops.schema import Document
 
@@ -267,28 +268,9 @@ def tokenize_prompts(lm: LanguageModel, texts: Sequence[str], max_tokens: int) -
 
 # -- statistics --------------------------------------------------------------------------------
 
-@dataclass
-class PromptSums:
-    """Per-prompt sums and counts of one metric at one layer: the bootstrap resamples prompts."""
-
-    sums: np.ndarray  # [n_prompts]
-    counts: np.ndarray  # [n_prompts]
-
-    def pooled(self) -> float:
-        total = self.counts.sum()
-        return float(self.sums.sum() / total) if total else float("nan")
-
-    def resampled(self, draws: np.ndarray) -> np.ndarray:
-        """Pooled means for each row of prompt indices, [B]."""
-        counts = self.counts[draws].sum(1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return self.sums[draws].sum(1) / counts
-
-
-def _metric_value(stat: PromptSums, draws: np.ndarray, censored: bool = False) -> tuple[MetricValue, np.ndarray]:
+def _metric_value(stat: GroupedSums, draws: np.ndarray, censored: bool = False) -> tuple[MetricValue, np.ndarray]:
     boot = stat.resampled(draws)
-    alpha = (1 - CI_LEVEL) / 2
-    lo, hi = np.nanquantile(boot, [alpha, 1 - alpha]) if np.isfinite(boot).any() else (np.nan, np.nan)
+    lo, hi = percentile_interval(boot, CI_LEVEL)
     return MetricValue(value=_sig(stat.pooled()), ci_low=_sig(lo), ci_high=_sig(hi), censored=censored), boot
 
 
@@ -317,7 +299,7 @@ def _forward_prompts(lm: LanguageModel, prompts: Sequence[Sequence[int]], layers
     return out
 
 
-def _lens_sums(lm: LanguageModel, data: list[_PromptStates], layer: int) -> tuple[PromptSums, PromptSums]:
+def _lens_sums(lm: LanguageModel, data: list[_PromptStates], layer: int) -> tuple[GroupedSums, GroupedSums]:
     kl_sums, top1_sums, counts = [], [], []
     for p in data:
         h = p.states[layer][1:]
@@ -329,11 +311,11 @@ def _lens_sums(lm: LanguageModel, data: list[_PromptStates], layer: int) -> tupl
         top1_sums.append(float((lens.argmax(-1) == final.argmax(-1)).sum()))
         counts.append(len(h))
     counts = np.array(counts, dtype=float)
-    return PromptSums(np.array(kl_sums), counts), PromptSums(np.array(top1_sums), counts)
+    return GroupedSums(np.array(kl_sums), counts), GroupedSums(np.array(top1_sums), counts)
 
 
 def _embedding_sums(data: list[_PromptStates], layer: int, centred_rows: torch.Tensor,
-                    massive_factor: float) -> tuple[PromptSums, PromptSums, PromptSums, int, int]:
+                    massive_factor: float) -> tuple[GroupedSums, GroupedSums, GroupedSums, int, int]:
     states = [p.states[layer][1:] for p in data]
     norms = torch.cat([h.norm(dim=1) for h in states])
     massive = massive_norm(norms, torch.ones_like(norms, dtype=torch.bool), massive_factor)
@@ -353,12 +335,12 @@ def _embedding_sums(data: list[_PromptStates], layer: int, centred_rows: torch.T
         cos_sums.append(float(best.values.double().sum()))
         counts.append(int(k.sum()))
     counts = np.array(counts, dtype=float)
-    return (PromptSums(np.array(acc_sums), counts), PromptSums(np.array(rank_sums), counts),
-            PromptSums(np.array(cos_sums), counts), int(sum(len(h) for h in states)), int(len(norms) - len(kept)))
+    return (GroupedSums(np.array(acc_sums), counts), GroupedSums(np.array(rank_sums), counts),
+            GroupedSums(np.array(cos_sums), counts), int(sum(len(h) for h in states)), int(len(norms) - len(kept)))
 
 
 def _sipit_sums(lm: LanguageModel, prompts: Sequence[Sequence[int]], layer: int, settings: SipItSettings,
-                seed: int, vocab: int) -> tuple[PromptSums, PromptSums, int, int]:
+                seed: int, vocab: int) -> tuple[GroupedSums, GroupedSums, int, int]:
     from baldr_ops.sae.sipit import invert_prompt
 
     cand_sums, counts, censored = [], [], 0
@@ -372,7 +354,7 @@ def _sipit_sums(lm: LanguageModel, prompts: Sequence[Sequence[int]], layer: int,
         counts.append(len(result.positions))
         censored += sum(p.censored for p in result.positions)
     sums, counts = np.array(cand_sums, dtype=float), np.array(counts, dtype=float)
-    return PromptSums(sums / vocab, counts), PromptSums(sums, counts), censored, int(counts.sum())
+    return GroupedSums(sums / vocab, counts), GroupedSums(sums, counts), censored, int(counts.sum())
 
 
 # -- zones and integration depth ---------------------------------------------------------------
@@ -416,7 +398,7 @@ def metric_zone(metric: str, layers: Sequence[int], n_layers: int, values: Seque
     elif not distinct:
         summary += ", but not distinguishable from an end of the range"
     if len(near) > 1:
-        summary += f"; within the CIs at layers {_ranges(near)}"
+        summary += f"; within the CIs at layers {layer_ranges(near)}"
     if censored:
         summary += censored_note
     return MetricZone(metric=metric, label=info.label, far=info.far, layer=layer, depth=round(depth, 4),
@@ -459,23 +441,6 @@ def integration_depth(layers: Sequence[int], n_layers: int, kl: np.ndarray, log_
                             interval_depth=[round((x + 1) / n_layers, 4) for x in interval])
 
 
-def _ranges(layers: Sequence[int]) -> str:
-    """1,2,3,7 -> '1-3, 7'."""
-    parts, start = [], None
-    prev = None
-    for x in sorted(layers):
-        if start is None:
-            start = prev = x
-        elif x == prev + 1:
-            prev = x
-        else:
-            parts.append(f"{start}-{prev}" if prev != start else f"{start}")
-            start = prev = x
-    if start is not None:
-        parts.append(f"{start}-{prev}" if prev != start else f"{start}")
-    return ", ".join(parts)
-
-
 # -- the profile -------------------------------------------------------------------------------
 
 def profile_layers(lm: LanguageModel, prompts: Sequence[Sequence[int]], layers: Sequence[int], *,
@@ -491,13 +456,13 @@ def profile_layers(lm: LanguageModel, prompts: Sequence[Sequence[int]], layers: 
     layers = sorted({lm.check_layer(layer) for layer in layers})
     vocab = int(lm.input_embedding_matrix().shape[0])
     rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(prompts), size=(bootstrap, len(prompts)))
+    draws = group_draws(rng, len(prompts), bootstrap)
     sipit_prompts = [list(p)[: sipit.tokens_per_prompt] for p in prompts[: sipit.prompts]] if sipit else []
     sipit_layers = set(layers if sipit is None or sipit.layers is None else sipit.layers)
     if sipit is not None and not sipit_layers & set(layers):
         raise UserError("none of the SipIt layers is among the profiled layers",
                         hint="--sipit-layers must pick from --layers")
-    sipit_draws = rng.integers(0, len(sipit_prompts), size=(bootstrap, len(sipit_prompts))) if sipit_prompts else None
+    sipit_draws = group_draws(rng, len(sipit_prompts), bootstrap) if sipit_prompts else None
 
     data = _forward_prompts(lm, prompts, layers)
     E = lm.input_embedding_matrix().detach().float()

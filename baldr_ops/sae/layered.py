@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from baldr_ops.errors import UserError
+from baldr_ops.research.models import layer_ranges
 from baldr_ops.sae.formats import FORMATS, layer_from_name, load_sae, reads_residual_stream, split_layer_name
 from baldr_ops.sae.model import SparseAutoencoder
 
@@ -127,7 +128,7 @@ class LayeredSAEs:
         candidates = [e for e in self.entries if e.layer == layer]
         if not candidates:
             raise UserError(f"{self.root} has no SAE for layer {layer}",
-                            hint=f"layers present: {_ranges(self.layers)}")
+                            hint=f"layers present: {layer_ranges(self.layers)}")
         if self.variant is not None:
             candidates = [e for e in candidates if self.variant in e.variant]
             if not candidates:
@@ -168,15 +169,3 @@ class LayeredSAEs:
 
     def __len__(self) -> int:
         return len(self.layers)
-
-
-def _ranges(values: list[int]) -> str:
-    """0-3, 7, 9-11: a compact list for error messages."""
-    out, start = [], None
-    for i, v in enumerate(values):
-        if start is None:
-            start = v
-        if i + 1 == len(values) or values[i + 1] != v + 1:
-            out.append(str(start) if start == v else f"{start}-{v}")
-            start = None
-    return ", ".join(out)

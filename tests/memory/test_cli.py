@@ -26,15 +26,15 @@ def test_help_lists_every_subcommand(capsys):
         assert f"    {name}" in out
 
 
-def test_parse_layer_spec():
-    from baldr_ops.cli.memory import parse_layer_spec
+def test_parse_layer_settings():
+    from baldr_ops.cli.memory import parse_layer_settings
     from baldr_ops.errors import UserError
 
-    s = parse_layer_spec("20:strength=3,threshold=0.2,query=running", {"clip": 0.3})
+    s = parse_layer_settings("20:strength=3,threshold=0.2,query=running", {"clip": 0.3})
     assert (s.layer, s.strength, s.threshold, s.clip, s.query) == (20, 3.0, 0.2, 0.3, "running")
     for bad in ("x", "13:nope=1", "13:clip=9"):
         with pytest.raises(UserError, match="bad --layer"):
-            parse_layer_spec(bad, {})
+            parse_layer_settings(bad, {})
 
 
 @pytest.mark.slow

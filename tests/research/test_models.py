@@ -92,3 +92,10 @@ def test_weights_fingerprint_tracks_content(tmp_path, monkeypatch):
     (model_dir / "model.safetensors").unlink()
     with pytest.raises(UserError, match="no weight files"):
         models.weights_fingerprint(model_dir)
+
+
+def test_layer_ranges_compacts_runs():
+    from baldr_ops.research.models import layer_ranges
+
+    assert layer_ranges([9, 1, 2, 3, 7, 10, 2]) == "1-3, 7, 9-10"
+    assert layer_ranges([5]) == "5" and layer_ranges([]) == ""

@@ -12,7 +12,7 @@ from baldr_ops.sae.layer_profile import (
     DEFAULT_PROMPTS,
     METRICS,
     MetricValue,
-    PromptSums,
+    GroupedSums,
     SipItSettings,
     _embedding_sums,
     _PromptStates,
@@ -78,7 +78,7 @@ def test_default_prompts_tokenize_to_a_fixed_set(smollm2):
 # -- statistics --------------------------------------------------------------------------------
 
 def test_pooled_mean_and_bootstrap_resample_whole_prompts():
-    stat = PromptSums(np.array([1.0, 10.0, 4.0]), np.array([1.0, 5.0, 2.0]))
+    stat = GroupedSums(np.array([1.0, 10.0, 4.0]), np.array([1.0, 5.0, 2.0]))
     assert stat.pooled() == pytest.approx(15 / 8)
     draws = np.array([[0, 0, 0], [1, 2, 2], [2, 1, 0]])
     np.testing.assert_allclose(stat.resampled(draws), [1.0, 18 / 9, 15 / 8])
