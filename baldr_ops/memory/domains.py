@@ -187,6 +187,24 @@ QUERIES: tuple[Query, ...] = (
     Query("When the lights went down in the hall, everyone", "mild", "music"),
     Query("Before the concert, the violinist", "strong", "music"),
     Query("The song starts with a slow melody and then", "strong", "music"),
+    # A second set of 16, written before any result on it was seen, to narrow the selectivity
+    # interval (the first 16 alone gave 84-97 %; docs/memory.md, Evaluation).
+    Query("The best advice my grandmother ever gave me was", "neutral", None),
+    Query("On the first day of the trip, we", "neutral", None),
+    Query("People often forget that", "neutral", None),
+    Query("The meeting was long, and afterwards", "neutral", None),
+    Query("On Sunday morning the whole family gathered around the table and", "mild", "cooking"),
+    Query("Once the onions are soft and golden, stir in", "strong", "cooking"),
+    Query("For a crisp pastry, keep the butter", "strong", "cooking"),
+    Query("Far away from the city lights, the campers noticed", "mild", "astronomy"),
+    Query("The planet takes about twelve years to orbit", "strong", "astronomy"),
+    Query("When a massive star runs out of fuel, it", "strong", "astronomy"),
+    Query("After paying the rent and the bills, there was", "mild", "finance"),
+    Query("If the stock market falls sharply, a careful investor should", "strong", "finance"),
+    Query("The bank offered him a loan with an interest rate of", "strong", "finance"),
+    Query("As soon as the band walked on stage, the crowd", "mild", "music"),
+    Query("The pianist practised the difficult chords of the sonata until", "strong", "music"),
+    Query("The orchestra tuned their instruments while the conductor", "strong", "music"),
 )
 
 NEUTRAL_TEXT: tuple[str, ...] = (

@@ -1,7 +1,7 @@
 """Does the nudge shift the model's framing toward the stored domain, selectively, and at what cost?
 
 The protocol of research criterion 17, on the built-in domains (`domains`: 4 domains x 4 memories,
-16 queries: neutral, mildly and strongly related). The memories go through the real add path
+32 queries: neutral, mildly and strongly related). The memories go through the real add path
 (screens, signatures, approval) into a throw-away store; each condition then runs the real hooks.
 
 Measure: the next-token probability mass on a domain's vocabulary, derived by log-odds from the
@@ -357,8 +357,8 @@ def run(lm, settings: EvalSettings | None = None, progress: Callable[[str], None
     owns = [p.own_mean for p in dose]
     monotone = all(b >= a for a, b in zip(owns, owns[1:], strict=False))
     checks = [
-        # The target is held against the interval's lower end: the point estimate alone rests on 64
-        # pairs from 16 queries, at a strength chosen after looking.
+        # The target is held against the interval's lower end: the point estimate alone rests on 128
+        # pairs from 32 queries, at a strength chosen after looking at the first 16.
         Check(name="selectivity at fixed strength (95% CI over queries)",
               value=f"{fixed.selective}/{fixed.pairs} = {fixed.fraction:.1%} [{fixed.low:.1%}, {fixed.high:.1%}]",
               target=f"CI lower end >= {settings.target_selectivity:.0%}",
