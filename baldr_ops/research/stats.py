@@ -18,7 +18,7 @@ class GroupedSums:
 
     @classmethod
     def of(cls, values: np.ndarray, groups: np.ndarray) -> GroupedSums:
-        """From one value per item and the group each item belongs to (groups in sorted order)."""
+        """From one value per item and the group each item belongs to (any labels; groups ordered by label)."""
         ids, index = np.unique(groups, return_inverse=True)
         sums = np.bincount(index, weights=np.asarray(values, dtype=float), minlength=len(ids))
         return cls(sums, np.bincount(index, minlength=len(ids)).astype(float))

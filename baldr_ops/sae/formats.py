@@ -89,6 +89,8 @@ def _typed(model: type[_StrictFields], cfg: dict, file: Path):
         for part in first["loc"]:
             found = found.get(part) if isinstance(found, dict) else None
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        if first["type"] == "missing":
+            raise UserError(f"{file}: field {field} is missing{more}") from None
         raise UserError(f"{file}: field {field} must be {expected}, found {found!r}{more}") from None
 
 

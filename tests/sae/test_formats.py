@@ -264,6 +264,10 @@ def test_other_configs_with_wrong_types(tmp_path):
     assert "field transcode must be" in _error(load_sae, folder)
     folder, _ = write_sparsify(tmp_path / "layers.3", d_in=None)
     assert "field d_in must be" in _error(load_sae, folder)
+    cfg = json.loads((folder / "cfg.json").read_text())
+    del cfg["d_in"]
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    assert _error(load_sae, folder).endswith("cfg.json: field d_in is missing")
     folder, _ = write_gemma_scope_2(tmp_path / "layer_3")
     _rewrite_json(folder / "config.json", hf_hook_point_in=["model.layers.3"])
     msg = _error(load_sae, folder)
