@@ -61,7 +61,7 @@ def register(subparsers) -> None:
 def _request(args):
     from pathlib import Path
 
-    from baldr_ops.launch.preflight import LaunchRequest
+    from baldr_ops.plan.model import LaunchRequest
 
     extra = [a for a in args.max_args if a != "--"] if args.max_args else []
     return LaunchRequest(model=Path(args.model) if args.model else None, served_name=args.served_name,
@@ -75,7 +75,7 @@ def run(args) -> int:
 
     from baldr_ops.cli.launch import ConsoleReporter
     from baldr_ops.compile.service import compile_model
-    from baldr_ops.compile.warmth import describe_warmth
+    from baldr_ops.engines.max.warmth import describe_warmth
 
     reporter = ConsoleReporter(verbose=args.verbose)
     reporter.message("preflight")

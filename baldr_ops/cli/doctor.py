@@ -23,9 +23,6 @@ examples:
   baldr-ops doctor --prometheus /var/lib/node_exporter/textfile/baldr.prom --fail-on never
 """
 
-SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
 def register(subparsers) -> None:
     p = subparsers.add_parser("doctor", help="diagnose memory pressure and GPU memory on this machine",
                               description=DESCRIPTION, epilog=EPILOG,
@@ -54,23 +51,8 @@ def register(subparsers) -> None:
     plan.add_argument("--context", type=int, metavar="TOKENS",
                       help="context length for the KV-cache estimate (default: the model's, capped at 8192)")
     plan.add_argument("--floor", default="8G", metavar="SIZE",
-                      help="memory to leave to the OS on top of the model (default 8G, as launch)")
+                      help="memory to leave to the OS on top of the model: a size or a %% of MemTotal (default 8G, as launch)")
     p.set_defaults(func=run)
-
-
-def parse_size(text: str) -> int:
-    from baldr_ops.errors import UserError
-
-    raw = text.strip().upper().removesuffix("IB").removesuffix("B")
-    unit = raw[-1:] if raw[-1:] in SIZE_UNITS else ""
-    number = raw[:-1] if unit else raw
-    try:
-        value = float(number)
-    except ValueError:
-        raise UserError(f"size {text!r} is not a size", hint="use bytes or K/M/G/T, e.g. 8G", exit_code=3) from None
-    if value < 0 or value != value:
-        raise UserError(f"size {text!r} is negative", hint="use a positive size such as 8G", exit_code=3)
-    return int(value * SIZE_UNITS[unit])
 
 
 def run(args) -> int:
@@ -126,7 +108,9 @@ def _run(args) -> int:
         raise UserError(f"--interval {args.interval} is out of range", hint="use 0 to 3600 seconds")
     if args.context is not None and args.context <= 0:
         raise UserError(f"--context {args.context} must be positive")
-    floor = parse_size(args.floor)
+    from baldr_ops.sizes import parse_spec
+
+    floor = parse_spec(args.floor, "--floor")  # a percentage is of MemTotal, resolved per sample
     if args.snapshot and args.watch:
         raise UserError("--snapshot writes one bundle; it cannot be combined with --watch")
 
@@ -165,10 +149,11 @@ def _run(args) -> int:
                 return code
 
 
-def _once(args, root: str, footprint, floor: int, stream) -> int:
+def _once(args, root: str, footprint, floor, stream) -> int:
     from baldr_ops.doctor import render
     from baldr_ops.doctor.checks import run_checks
     from baldr_ops.errors import UserError
+    from baldr_ops.plan.fit import floor_bytes
     from baldr_ops.system import _io
     from baldr_ops.system.snapshot import take_snapshot, write_bundle
 
@@ -181,7 +166,7 @@ def _once(args, root: str, footprint, floor: int, stream) -> int:
             snap = take_snapshot(root, args.interval, cgroup=args.cgroup)
     except KeyboardInterrupt:
         raise
-    checks = run_checks(snap, footprint=footprint, floor_bytes=floor)
+    checks = run_checks(snap, footprint=footprint, floor_bytes=floor_bytes(floor.text, snap.meminfo))
     doc = render.report_dict(snap, checks, args.fail_on, footprint)
     if args.snapshot:
         try:

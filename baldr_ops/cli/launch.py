@@ -70,8 +70,7 @@ def register(subparsers) -> None:
 def _request(args):
     from pathlib import Path
 
-    from baldr_ops.launch.preflight import LaunchRequest
-    from baldr_ops.launch.supervisor import Supervision
+    from baldr_ops.plan.model import LaunchRequest, Supervision
 
     extra = [a for a in args.max_args if a != "--"] if args.max_args else []
     return LaunchRequest(
@@ -146,7 +145,7 @@ def _evidence_since():
 
 def run(args) -> int:
     from baldr_ops.errors import UserError
-    from baldr_ops.launch.preflight import plan_launch
+    from baldr_ops.plan.planner import plan_launch
     from baldr_ops.launch.runstate import RunDir
     from baldr_ops.launch.supervisor import Supervisor
 

@@ -45,7 +45,7 @@ def register(subparsers) -> None:
 def _runs(port):
     from pathlib import Path
 
-    from baldr_ops.compile.warmth import cache_warm, describe_warmth
+    from baldr_ops.engines.max.warmth import cache_warm, describe_warmth
     from baldr_ops.launch.runstate import RunDir, all_runs
 
     runs = [RunDir(port)] if port else all_runs()

@@ -11,18 +11,23 @@ from typing import Literal
 
 from pydantic import Field
 
-from baldr_ops.compile.bundle import (
+from baldr_ops.compile.runner import run_compile
+from baldr_ops.engines.max.bundle import (
     MANIFEST_NAME,
     PAYLOAD_DIRS,
     check_bundle,
     device_identity,
     export_bundle,
-    modular_cache_dir,
     plan_with_bundle,
     seed_cache,
 )
-from baldr_ops.compile.warmth import MEF_CACHE_GLOB, cache_entries_for_mefs, cache_warm, record_compiled
+from baldr_ops.engines.max.command import warm_cache_command
+from baldr_ops.engines.max.quirks import require_max
+from baldr_ops.engines.max.warmth import MEF_CACHE_GLOB, cache_entries_for_mefs, cache_warm, record_compiled
 from baldr_ops.errors import UserError
+from baldr_ops.paths import compile_log_path, modular_cache_dir
+from baldr_ops.plan.guard import decide_guard
+from baldr_ops.plan.planner import plan_launch
 from baldr_ops.schema import Document
 
 
@@ -51,9 +56,7 @@ class CompileReport(Document):
 
 
 def _log_path() -> Path:
-    from baldr_ops.models.demo import cache_root
-
-    path = cache_root() / "compile.log"
+    path = compile_log_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -90,12 +93,6 @@ def compile_model(request, export: Path | None = None, import_dir: Path | None =
     """Plan exactly as `launch` would (ports aside), then compile / export / import / check.
 
     `target` (cuda:sm_XY) cross-compiles for a GPU this machine lacks, with MAX's virtual devices."""
-    from baldr_ops.compile.runner import run_compile
-    from baldr_ops.engines.max.command import warm_cache_command
-    from baldr_ops.engines.max.quirks import require_max
-    from baldr_ops.launch.guard import decide_guard
-    from baldr_ops.launch.preflight import plan_launch
-
     say = reporter.message if reporter is not None else (lambda _m: None)
     device = None
     if target:

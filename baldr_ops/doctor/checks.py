@@ -1,8 +1,8 @@
 """Judges: pure functions from a Snapshot to Checks. No I/O here.
 
 Each check reads its levels from ``thresholds.RULES``. A signal that could not be read gives
-UNKNOWN with the reason, never OK. ``check_plan_fit`` is the one fit judgement that both
-``doctor --model`` and ``launch`` preflight use.
+UNKNOWN with the reason, never OK. ``check_plan_fit`` renders the fit judgement that
+``doctor --model``, ``launch`` and ``compile`` share (``baldr_ops.plan.fit``).
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 from baldr_ops.system._record import Record, factory
 
 from baldr_ops.doctor.thresholds import GIB, KNOWN_ISSUES, RULES
+from baldr_ops.plan.fit import CHECK_ID as FIT_CHECK_ID
+from baldr_ops.plan.fit import judge_fit
 
 OK, INFO, WARN, CRIT, UNKNOWN = "OK", "INFO", "WARN", "CRIT", "UNKNOWN"
 STATUSES = (OK, INFO, WARN, CRIT, UNKNOWN)
@@ -539,41 +541,12 @@ def check_platform_versions(snap) -> Check:
 # ---------------------------------------------------------------- the plan
 
 def check_plan_fit(source, footprint, floor_bytes: int = 0) -> Check:
-    """``mem.available.vs_plan``: does ``footprint`` (+ ``floor_bytes`` left for the OS) fit?
-
-    ``source`` is a Snapshot or a MemInfo (launch passes ``read_meminfo()``); ``footprint`` is a
-    ``models.footprint.Footprint`` (or anything with ``total_bytes``, or an int of bytes).
-    """
-    mi = getattr(source, "meminfo", source)
-    plan = footprint if isinstance(footprint, int) else int(footprint.total_bytes)
-    floor_bytes = max(0, int(floor_bytes or 0))
-    avail, free = mi.get("MemAvailable"), mi.get("MemFree")
-    if not mi.available or avail is None or free is None:
-        return unknown("mem.available.vs_plan", getattr(mi, "error", None) or "MemAvailable/MemFree missing")
-    swap_free = mi.get("SwapFree") or 0
-    need = plan + floor_bytes
-    ev = {"plan_GiB": gib(plan), "floor_GiB": gib(floor_bytes), "MemFree_GiB": gib(free),
-          "MemAvailable_GiB": gib(avail), "SwapFree_GiB": gib(swap_free)}
-    for key in ("weights_bytes", "kv_cache_bytes", "overhead_bytes"):
-        if hasattr(footprint, key):
-            ev[key.replace("_bytes", "_GiB")] = gib(getattr(footprint, key))
-    headroom = avail - need
-    if need > avail + swap_free:
-        status = CRIT
-        hint = (f"needs {fmt_gib(need)} (model {fmt_gib(plan)} + floor {fmt_gib(floor_bytes)}) but only "
-                f"{fmt_gib(avail)} available: free memory, lower the context length, or use a smaller model")
-    elif need > avail:
-        status = WARN
-        hint = f"fits only by pushing {fmt_gib(need - avail)} into swap: free memory first"
-    elif plan > free:
-        status = WARN
-        hint = (f"fits in MemAvailable but not in MemFree ({fmt_gib(free)}): page cache must be reclaimed while "
-                "loading; on UMA CUDA may not count it (drop caches as a diagnostic)")
-    else:
-        status, hint = OK, None
-    check = make("mem.available.vs_plan", status, gib(headroom), ev, hint)
-    check.evidence["headroom_GiB"] = gib(headroom)
-    return check
+    """``mem.available.vs_plan``: the shared fit judgement (:func:`baldr_ops.plan.fit.judge_fit`)
+    as a check. ``source`` is a Snapshot or a MemInfo."""
+    verdict = judge_fit(getattr(source, "meminfo", source), footprint, floor_bytes)
+    if verdict.status == UNKNOWN:
+        return unknown(FIT_CHECK_ID, verdict.evidence["reason"])
+    return make(FIT_CHECK_ID, verdict.status, gib(verdict.headroom), verdict.evidence, verdict.hint)
 
 
 # ---------------------------------------------------------------- all of them

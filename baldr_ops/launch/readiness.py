@@ -7,10 +7,11 @@ up, so "connection refused" just means "still starting".
 
 from __future__ import annotations
 
-import socket
 import time
 
 from pydantic import BaseModel
+
+from baldr_ops.system.ports import client_host, port_open
 
 CANARY_PROMPT = "Reply with one word: ready"
 CANARY_MAX_TOKENS = 8
@@ -23,31 +24,8 @@ class GateResult(BaseModel):
     latency_s: float | None = None
 
 
-def _client_host(host: str) -> str:
-    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
-
-
-def port_open(host: str, port: int, timeout: float = 1.0) -> bool:
-    try:
-        with socket.create_connection((_client_host(host), port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def port_free(host: str, port: int) -> bool:
-    """True when nothing listens there and we could bind it (as MAX's own port check does)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return not port_open(host, port, timeout=0.3)
-
-
 def base_url(host: str, port: int) -> str:
-    return f"http://{_client_host(host)}:{port}"
+    return f"http://{client_host(host)}:{port}"
 
 
 def check_once(host: str, port: int, served_name: str, canary: bool = True, timeout: float = 60.0) -> GateResult:

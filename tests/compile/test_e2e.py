@@ -105,7 +105,7 @@ def test_launch_from_empty_cache_with_bundle_skips_the_compile(demo_bundle, env,
 
 @needs_planner
 def test_mismatched_bundle_says_which_field_and_corrupt_one_is_refused(demo_model, env, tmp_path):
-    from baldr_ops.compile import bundle as b
+    from baldr_ops.engines.max import bundle as b
     from baldr_ops.engines.max.command import EngineOptions
     from baldr_ops.engines.max.quirks import installed_version
 

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from baldr_ops.engines.max.command import EngineOptions
-from baldr_ops.launch.guard import decide_guard
+from baldr_ops.plan.guard import decide_guard
 from baldr_ops.launch.runstate import RunDir
-from baldr_ops.launch.supervisor import LaunchPlan, Reporter, Supervision, Supervisor
+from baldr_ops.launch.supervisor import Reporter, Supervisor
+from baldr_ops.plan.model import LaunchPlan, Supervision
 
 FAKE = str(Path(__file__).with_name("fake_max.py"))
 

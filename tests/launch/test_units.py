@@ -13,7 +13,7 @@ from baldr_ops.engines.max.logphases import PhaseState
 from baldr_ops.engines.max.quirks import quirks_for
 from baldr_ops.errors import UserError
 from baldr_ops.launch.exits import ExitEvidence, classify_exit
-from baldr_ops.launch.guard import decide_guard
+from baldr_ops.plan.guard import decide_guard
 from baldr_ops.launch.sdnotify import Notifier, unit_file
 from baldr_ops.launch.supervisor import backoff_delay
 

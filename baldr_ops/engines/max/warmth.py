@@ -14,15 +14,15 @@ import hashlib
 import json
 from pathlib import Path
 
-from baldr_ops.compile.bundle import (
+from baldr_ops.engines.max.bundle import (
     device_identity,
-    modular_cache_dir,
     read_json_dict,
     sha256_file,
     weight_files,
     write_json_quietly,
 )
 from baldr_ops.engines.max.command import EngineOptions
+from baldr_ops.paths import cache_root, modular_cache_dir
 
 INDEX_NAME = "compile-index.json"
 MEF_TRAILER = 16          # bytes MAX 26.7 appends to an exported MEF when it stores it in its cache
@@ -30,8 +30,6 @@ MEF_CACHE_GLOB = ".max_cache/mof/mef/*/*"
 
 
 def _index_path() -> Path:
-    from baldr_ops.models.demo import cache_root
-
     return cache_root() / INDEX_NAME
 
 

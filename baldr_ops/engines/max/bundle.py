@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from baldr_ops import __version__
 from baldr_ops.engines.max.command import EngineOptions
 from baldr_ops.errors import UserError
+from baldr_ops.paths import cache_root, modular_cache_dir
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "baldr-bundle.json"
@@ -129,8 +130,6 @@ def sha256_file(path: Path) -> str:
 
 
 def _hash_cache_file() -> Path:
-    from baldr_ops.models.demo import cache_root
-
     return cache_root() / "file-hashes.json"
 
 
@@ -383,12 +382,6 @@ def seed_cache(payload: Path, target: Path) -> int:
         os.replace(tmp, dest)
         copied += 1
     return copied
-
-
-def modular_cache_dir(env: dict | None = None) -> Path:
-    """Where MAX keeps its compile cache: MODULAR_CACHE_DIR, else ~/.cache/modular."""
-    value = (env if env is not None else os.environ).get("MODULAR_CACHE_DIR")
-    return Path(value).expanduser() if value else Path.home() / ".cache" / "modular"
 
 
 def check_bundle(bundle: Path, options: EngineOptions, quirks) -> tuple[BundleManifest, list[Mismatch]]:

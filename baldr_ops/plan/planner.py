@@ -1,8 +1,9 @@
 """Preflight: read the machine and the request, judge them, and decide the launch plan.
 
 Every failure is a UserError with a one-line reason and a fix, raised before anything heavy
-starts. The memory judgement is doctor's own (`mem.available.vs_plan` over the same footprint
-estimate), so `doctor --model` and `launch` never disagree about whether a model fits.
+starts. The memory judgement is :func:`baldr_ops.plan.fit.judge_fit` over the footprint estimate,
+the one doctor renders as `mem.available.vs_plan`, so `doctor --model` and `launch` never
+disagree about whether a model fits. `compile` plans here too (``check_ports=False``).
 """
 
 from __future__ import annotations
@@ -11,54 +12,25 @@ import os
 import sys
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from baldr_ops import native, shim
+from baldr_ops.engines.max.bundle import plan_with_bundle
 from baldr_ops.engines.max.command import EngineOptions, ServeBinding, serve_command
+from baldr_ops.engines.max.quirks import require_max
 from baldr_ops.errors import UserError
-from baldr_ops.launch import readiness
-from baldr_ops.launch.guard import decide_guard
-from baldr_ops.launch.supervisor import LaunchPlan, Supervision
+from baldr_ops.models.demo import DEMO_NAME, ensure_demo_model
+from baldr_ops.models.footprint import estimate_footprint
+from baldr_ops.plan.fit import floor_bytes, judge_fit
+from baldr_ops.plan.guard import decide_guard
+from baldr_ops.plan.model import Hardware, LaunchPlan, LaunchRequest
+from baldr_ops.system.meminfo import read_meminfo
+from baldr_ops.system.nvml import read_gpu_summary
+from baldr_ops.system.ports import port_free
 
 # MAX on CPU computes in float32 (or GGUF q4/q6); bf16/f16 weights are GPU-only there.
 CPU_UNSUPPORTED_DTYPES = {"BF16", "F16", "F8_E4M3", "F8_E5M2"}
 
 
-class LaunchRequest(BaseModel):
-    """What the user asked for (`baldr-ops launch` options)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: Path | None = None            # None: the embedded demo model
-    served_name: str | None = None
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=1, le=65535)
-    metrics_port: int | None = Field(default=None, ge=1, le=65535)
-    devices: str | None = None           # None: gpu when one is present, else cpu
-    quantization_encoding: str | None = None
-    max_length: int | None = None
-    max_batch_size: int | None = None
-    cap: str | None = None               # shim limit (BALDR_MEMCAP_LIMIT syntax); None: leave the floor
-    floor: str = "8G"                    # OS headroom the shim and the fit check keep free
-    guard: str = "auto"
-    shim: str = "auto"                   # auto (with a GPU) | on | off
-    force: bool = False
-    precompiled: Path | None = None      # a `baldr-ops compile --export` bundle to start from
-    telemetry: bool = False              # MAX's usage telemetry to Modular (off unless asked)
-    extra_args: list[str] = Field(default_factory=list)
-    supervision: Supervision = Supervision()
-
-
-class Hardware(BaseModel):
-    gpu: bool
-    name: str | None = None
-    compute_capability: tuple[int, int] | None = None
-    unified: bool | None = None
-    detail: str = ""
-
-
 def detect_hardware() -> Hardware:
-    from baldr_ops.system.nvml import read_gpu_summary
-
     summary = read_gpu_summary()
     return Hardware(gpu=summary.present, name=summary.name, compute_capability=summary.compute_capability,
                     unified=summary.unified, detail=summary.detail)
@@ -67,8 +39,6 @@ def detect_hardware() -> Hardware:
 def resolve_model(request: LaunchRequest, progress) -> tuple[Path, str, bool]:
     """The model directory, the name to serve it under, and whether it is the demo."""
     if request.model is None:
-        from baldr_ops.models.demo import DEMO_NAME, ensure_demo_model
-
         return ensure_demo_model(progress), request.served_name or DEMO_NAME, True
     path = request.model.expanduser()
     if not path.exists():
@@ -96,29 +66,21 @@ def check_encoding(devices: str, dtypes: set[str], encoding: str | None) -> None
 
 
 def check_memory(footprint, floor: str, force: bool) -> str:
-    """Doctor's plan-fit judgement; CRIT stops the launch unless --force."""
-    from baldr_ops.doctor.checks import check_plan_fit
-    from baldr_ops.system.meminfo import read_meminfo
-
-    check = check_plan_fit(read_meminfo(), footprint, parse_size(floor))
-    if check.status == "CRIT" and not force:
-        raise UserError(f"the model does not fit in memory (headroom {check.value_text()})", hint=check.hint)
-    return f"{check.status}: {check.value_text()} headroom after the model and a {floor} floor"
-
-
-def parse_size(text: str) -> int:
-    from baldr_ops.shim import parse_size as shim_parse_size
-
-    return shim_parse_size(text)
+    """The shared fit judgement; CRIT stops the launch unless --force."""
+    meminfo = read_meminfo()
+    verdict = judge_fit(meminfo, footprint, floor_bytes(floor, meminfo))
+    if verdict.status == "CRIT" and not force:
+        raise UserError(f"the model does not fit in memory (headroom {verdict.headroom_text()})", hint=verdict.hint)
+    return f"{verdict.status}: {verdict.headroom_text()} headroom after the model and a {floor} floor"
 
 
 def free_metrics_port(host: str, port: int, wanted: int | None) -> int:
     if wanted is not None:
-        if not readiness.port_free(host, wanted):
+        if not port_free(host, wanted):
             raise UserError(f"metrics port {wanted} is already in use", hint="choose another --metrics-port")
         return wanted
     for candidate in (port + 1, port + 2, port + 3):
-        if candidate <= 65535 and readiness.port_free(host, candidate):
+        if candidate <= 65535 and port_free(host, candidate):
             return candidate
     raise UserError(f"no free metrics port near {port}", hint="set --metrics-port")
 
@@ -128,21 +90,16 @@ def plan_launch(request: LaunchRequest, progress=lambda _msg: None,
     """Run every preflight check; return the plan and the notes to show the user.
 
     `check_ports=False` plans for `baldr-ops compile`, which binds nothing: no port checks."""
-    from baldr_ops.engines.max.quirks import require_max
-
     notes: list[str] = []
     quirks = require_max()
     notes.append(f"MAX {quirks.version}")
-    if check_ports and not readiness.port_free(request.host, request.port):
+    if check_ports and not port_free(request.host, request.port):
         raise UserError(f"port {request.port} on {request.host} is already in use",
                         hint="stop what listens there (baldr-ops status) or choose another --port")
     model_path, served_name, is_demo = resolve_model(request, progress)
     hardware = detect_hardware()
     notes.append(f"hardware: {hardware.detail or ('GPU ' + (hardware.name or '?')) if hardware.gpu else 'no GPU'}")
     devices = request.devices or ("gpu" if hardware.gpu else "cpu")
-
-    from baldr_ops.models.footprint import estimate_footprint
-
     footprint = estimate_footprint(model_path)
     check_encoding(devices, set(footprint.dtypes), request.quantization_encoding)
     notes.append(f"model {served_name}: {footprint.summary()}")
@@ -157,8 +114,6 @@ def plan_launch(request: LaunchRequest, progress=lambda _msg: None,
                             max_batch_size=request.max_batch_size, extra_args=request.extra_args,
                             **guard.serve_args)
     if request.precompiled:
-        from baldr_ops.compile.bundle import plan_with_bundle
-
         use = plan_with_bundle(request.precompiled, options, quirks)
         options.extra_args += use.serve_args
         notes.append(use.note)
@@ -177,9 +132,7 @@ def plan_launch(request: LaunchRequest, progress=lambda _msg: None,
     shim_path = None
     want_shim = request.shim == "on" or (request.shim == "auto" and hardware.gpu and devices.startswith("gpu"))
     if want_shim:
-        from baldr_ops import shim
-
-        shim_path = str(shim.library_path(build=True))
+        shim_path = str(native.library_path())
         env.update(shim.child_env(limit=request.cap, floor=request.floor, budget=f"launch-{request.port}",
                                   base_env=os.environ))
         notes.append(f"memory cap: {request.cap or 'none (queries corrected, floor ' + request.floor + ')'}"
