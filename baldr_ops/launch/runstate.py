@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 
 from baldr_ops.atomic import atomic_write
 from baldr_ops.errors import UserError
+from baldr_ops.launch.exits import ExitVerdict
 from baldr_ops.paths import runs_root
 from baldr_ops.schema import Document
 
@@ -54,6 +55,20 @@ class RunStatus(Document):
     last_exit: str | None = None
     alive: bool = True               # filled in by readers: is the supervisor still running?
     compile_cache: str | None = None  # filled in by readers: is MAX's compile cache warm for the model?
+
+
+class PostMortem(Document):
+    """Written to the run directory after every unexpected exit of the server."""
+
+    kind: Literal["postmortem"] = "postmortem"
+    verdict: ExitVerdict
+    returncode: int | None
+    uptime_s: float
+    phase: str                       # MAX's last start-up phase
+    errors: list[str]                # MAX's error lines
+    evidence: dict                   # kernel-side: OOM kills since start, NVRM/oomd lines
+    log_tail: list[str]
+    command: list[str]
 
 
 class RunDir:
@@ -112,9 +127,10 @@ class RunDir:
         except (OSError, ValueError):
             return None
 
-    def write_postmortem(self, report: dict) -> Path:
-        path = self.path / f"postmortem-{time.strftime('%Y%m%d-%H%M%S')}.json"
-        path.write_text(json.dumps(report, indent=2, default=str))
+    def write_postmortem(self, report: PostMortem) -> Path:
+        now = time.time()
+        path = self.path / f"postmortem-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}-{int(now * 1000) % 1000:03d}.json"
+        atomic_write(path, report.to_json())
         return path
 
 

@@ -1,31 +1,88 @@
 """Start `max serve`, gate its readiness, keep it alive, stop it clean.
 
-States: starting -> loading/compiling/warming (from MAX's log) -> ready (canary passed) ->
-draining -> stopped | failed. The child runs in its own session so the whole tree (MAX's metrics
-and model workers included) is signalled together and nothing is orphaned.
+One writer: the main loop alone owns :class:`RunStatus`, writes the state file, talks to systemd
+and to the reporter. Other threads only put events on a queue: the log pump (one per server
+start, the single writer of server.log) parses MAX's lines and queues what changed; signal
+handlers queue the signal. The loop is a state machine over one server start at a time:
+
+    start -> await ready -> watch -> judge the exit -> restart policy -> (start again | end)
+
+States shown to users: starting -> loading/compiling/warming (from MAX's log) -> ready (canary
+passed) -> draining -> stopped | failed, with restarting between starts.
 """
 
 from __future__ import annotations
 
+import enum
 import os
+import queue
 import signal
 import subprocess
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from baldr_ops.engines.max.logphases import PhaseState
 from baldr_ops.launch import readiness
 from baldr_ops.launch.exits import MEMORY_CLASSES, ExitEvidence, ExitVerdict, classify_exit
-from baldr_ops.launch.runstate import GuardInfo, RunDir, RunStatus
+from baldr_ops.launch.runstate import GuardInfo, PostMortem, RunDir, RunStatus
 from baldr_ops.launch.sdnotify import Notifier
 from baldr_ops.plan.model import LaunchPlan
+from baldr_ops.process import end_session
 from baldr_ops.system.ports import port_open
 
 # MAX log phase -> run state shown to users.
 _PHASE_STATE = {"starting": "starting", "configuring": "loading", "worker": "loading",
                 "compiling": "compiling", "sampler": "compiling", "warmup": "warming", "ready": "warming"}
+TAIL_LINES = 200
+
+
+class Outcome(enum.Enum):
+    """Why one server start ended."""
+
+    STOP = "stop"                          # SIGTERM/SIGINT to the supervisor
+    RESTART = "restart"                    # SIGHUP: restart on request
+    EXITED = "exited"                      # the server exited on its own
+    UNHEALTHY = "unhealthy"                # liveness failed too often
+    STARTUP_TIMEOUT = "startup-timeout"    # not ready in time
+    DONE = "done"                          # the work asked for after ready (--ask) is done
+
+
+# -- events: the only thing other threads hand to the main loop ---------------------------------
+
+@dataclass(frozen=True)
+class LogLine:
+    text: str
+
+
+@dataclass(frozen=True)
+class PhaseChange:
+    phase: str
+    detail: str
+    compile_elapsed_s: float | None
+
+
+@dataclass(frozen=True)
+class PumpEnded:
+    pass
+
+
+@dataclass(frozen=True)
+class SignalReceived:
+    signum: int
+
+
+@dataclass
+class ServerRun:
+    """One start of the server. ``phases`` and ``tail`` belong to the pump thread until it is joined."""
+
+    proc: subprocess.Popen
+    pump: threading.Thread
+    phases: PhaseState
+    tail: deque
+    started: float = field(default_factory=time.time)
 
 
 def backoff_delay(attempt: int, initial: float, cap: float) -> float:
@@ -33,8 +90,34 @@ def backoff_delay(attempt: int, initial: float, cap: float) -> float:
     return min(cap, initial * (2 ** max(0, attempt - 1)))
 
 
+@dataclass(frozen=True)
+class RestartDecision:
+    restart: bool
+    attempt: int              # the restart count after this decision (reset after a healthy run)
+    delay_s: float = 0.0
+    reason: str | None = None  # why not, beyond the verdict itself
+
+
+def decide_restart(verdict: ExitVerdict, attempt: int, uptime_s: float, policy,
+                   memory_blocker: str | None = None) -> RestartDecision:
+    """The restart policy: configuration errors and clean exits never restart; memory deaths only
+    when the memory preflight passes again (``memory_blocker`` is None); crashes with capped
+    exponential backoff, the count reset after ``healthy_reset_s`` of uptime, at most ``max_restarts``."""
+    restart = verdict.restart
+    if verdict.kind in MEMORY_CLASSES:
+        if memory_blocker:
+            return RestartDecision(False, attempt, reason=f"not restarting into an out-of-memory condition: {memory_blocker}")
+        restart = True
+    if not restart:
+        return RestartDecision(False, attempt)
+    attempt = 1 if uptime_s >= policy.healthy_reset_s else attempt + 1
+    if attempt > policy.max_restarts:
+        return RestartDecision(False, attempt, reason=f"giving up after {policy.max_restarts} restarts")
+    return RestartDecision(True, attempt, backoff_delay(attempt, policy.backoff_initial_s, policy.backoff_max_s))
+
+
 class Reporter:
-    """Progress sink; the CLI renders these. Default: silent."""
+    """Progress sink; the CLI renders these. Called from the main loop only. Default: silent."""
 
     def phase(self, status: RunStatus) -> None: ...
     def line(self, text: str) -> None: ...
@@ -58,18 +141,22 @@ class Supervisor:
         # Called once the server is ready; a non-None return ends the run with that code.
         self.after_ready = after_ready
         self.notifier = Notifier()
-        self.proc: subprocess.Popen | None = None
+        self.events: queue.SimpleQueue = queue.SimpleQueue()  # put() is safe from signal handlers
         self.stop_signal: int | None = None
         self.restart_requested = False
-        self._wake = threading.Event()
-        self.tail: deque[str] = deque(maxlen=200)
+        self.done_code: int | None = None
+        self.current: ServerRun | None = None
         self.status = RunStatus(
             port=plan.port, host=plan.host, url=readiness.base_url(plan.host, plan.port), model=plan.model,
             served_name=plan.served_name, supervisor_pid=os.getpid(), log_path=str(rundir.log_file),
             guard=GuardInfo(mode=plan.guard.mode, reason=plan.guard.reason), shim=plan.shim,
             memory_cap=plan.memory_cap, state="starting")
 
-    # -- state -------------------------------------------------------------------------------
+    @property
+    def proc(self) -> subprocess.Popen | None:
+        return self.current.proc if self.current else None
+
+    # -- state: written here only ------------------------------------------------------------
     def _set(self, **changes) -> None:
         for key, value in changes.items():
             setattr(self.status, key, value)
@@ -78,115 +165,97 @@ class Supervisor:
             self.notifier.status(f"{self.status.state}: {self.status.phase_detail or self.status.phase}")
             self.reporter.phase(self.status)
 
-    # -- signals -----------------------------------------------------------------------------
+    # -- events ------------------------------------------------------------------------------
     def _on_signal(self, signum, _frame) -> None:
-        if signum == signal.SIGHUP:
-            self.restart_requested = True
-        else:
-            self.stop_signal = signum
-        self._wake.set()
+        self.events.put(SignalReceived(signum))
 
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
 
-    def _sleep(self, seconds: float) -> None:
-        """Sleep, but wake at once on a signal."""
-        self._wake.wait(seconds)
-        self._wake.clear()
+    def _handle(self, event) -> None:
+        if isinstance(event, LogLine):
+            self.reporter.line(event.text)
+        elif isinstance(event, PhaseChange):
+            if self.status.state not in ("ready", "draining"):
+                self._set(phase=event.phase, phase_detail=event.detail, compile_elapsed_s=event.compile_elapsed_s,
+                          state=_PHASE_STATE.get(event.phase, "loading"))
+        elif isinstance(event, SignalReceived):
+            if event.signum == signal.SIGHUP:
+                self.restart_requested = True
+            else:
+                self.stop_signal = event.signum
 
-    # -- child -------------------------------------------------------------------------------
-    def _start_child(self) -> PhaseState:
-        phases = PhaseState()
+    def _wait(self, seconds: float) -> None:
+        """Handle events for up to ``seconds``; return early once a signal asks for action or the
+        server's output closes."""
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                first = self.events.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return
+            if self._handle_all([first, *self._pending()]):
+                return
+
+    def _drain_events(self) -> None:
+        self._handle_all(self._pending())
+
+    def _pending(self) -> list:
+        out = []
+        while True:
+            try:
+                out.append(self.events.get_nowait())
+            except queue.Empty:
+                return out
+
+    def _handle_all(self, events: list) -> bool:
+        """Handle events in order; True if one asks the loop to look up (a signal, end of output).
+        Successive phase changes within one state are coalesced to the last: a flood of progress
+        lines must not become a flood of state-file writes."""
+        superseded = set()  # phase changes followed by a later one into the same state
+        later_state = None
+        for i in range(len(events) - 1, -1, -1):
+            if isinstance(events[i], PhaseChange):
+                state = _PHASE_STATE.get(events[i].phase)
+                if state == later_state:
+                    superseded.add(i)
+                later_state = state
+        wake = False
+        for i, event in enumerate(events):
+            if i not in superseded:
+                self._handle(event)
+                wake = wake or isinstance(event, (SignalReceived, PumpEnded))
+        return wake
+
+    # -- start -------------------------------------------------------------------------------
+    def _start(self) -> ServerRun:
         log = open(self.rundir.log_file, "a", buffering=1, encoding="utf-8", errors="replace")
         log.write(f"\n===== baldr-ops: starting {' '.join(self.plan.command)} at {time.ctime()} =====\n")
-        env = {**os.environ, **self.plan.env}
-        self.proc = subprocess.Popen(self.plan.command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, start_new_session=True, text=True,
-                                     encoding="utf-8", errors="replace", bufsize=1)
-        self._set(server_pid=self.proc.pid, state="starting", phase="starting", phase_detail="process started",
+        proc = subprocess.Popen(self.plan.command, env={**os.environ, **self.plan.env}, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, text=True,
+                                encoding="utf-8", errors="replace", bufsize=1)
+        phases, tail = PhaseState(), deque(maxlen=TAIL_LINES)
+        pump = threading.Thread(target=_pump, args=(proc.stdout, log, phases, tail, self.events),
+                                daemon=True, name="max-log")
+        run = ServerRun(proc=proc, pump=pump, phases=phases, tail=tail)
+        pump.start()
+        self.current = run
+        self._set(server_pid=proc.pid, state="starting", phase="starting", phase_detail="process started",
                   compile_elapsed_s=None, ready_at=None)
+        return run
 
-        def pump(stream, proc=self.proc):
-            for line in stream:
-                log.write(line)
-                self.tail.append(line.rstrip("\n"))
-                self.reporter.line(line.rstrip("\n"))
-                if phases.feed(line) or phases.compile_elapsed_s != self.status.compile_elapsed_s:
-                    if self.status.state not in ("ready", "draining"):
-                        self._set(phase=phases.phase, phase_detail=phases.detail,
-                                  compile_elapsed_s=phases.compile_elapsed_s,
-                                  state=_PHASE_STATE.get(phases.phase, "loading"))
-            log.close()
-
-        self._pump = threading.Thread(target=pump, args=(self.proc.stdout,), daemon=True, name="max-log")
-        self._pump.start()
-        return phases
-
-    def _session_pids(self, sid: int) -> list[int]:
-        """Processes still in the child's session (MAX's workers), found via /proc."""
-        pids = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit() and int(entry) != os.getpid():
-                try:
-                    if os.getsid(int(entry)) != sid:
-                        continue
-                    with open(f"/proc/{entry}/stat") as fh:
-                        if fh.read().rsplit(")", 1)[1].split()[0] != "Z":  # zombies wait for init, not us
-                            pids.append(int(entry))
-                except (OSError, IndexError):
-                    continue
-        return pids
-
-    def _signal_tree(self, sig: int) -> None:
-        if not self.proc:
-            return
-        for pid in self._session_pids(self.proc.pid):
-            try:
-                os.kill(pid, sig)
-            except OSError:
-                pass
-
-    def drain(self) -> int | None:
-        """Stop on request: mark draining, then end the server's whole process tree."""
-        if not self.proc:
-            return None
-        self._set(state="draining", phase_detail=f"SIGTERM to the server, {self.plan.supervision.grace_s:.0f} s grace")
-        self.notifier.send("STOPPING=1")
-        return self._end_session()
-
-    def _end_session(self) -> int:
-        """TERM every process in the server's session, wait the grace period, KILL the rest, reap.
-
-        Also after the server died on its own: MAX's model and metrics workers outlive a killed
-        parent, and a restart must not leave them running beside the new server.
-        """
-        self._signal_tree(signal.SIGTERM)
-        deadline = time.monotonic() + self.plan.supervision.grace_s
-        while time.monotonic() < deadline and self._session_pids(self.proc.pid):
-            if self.proc.poll() is None:
-                try:
-                    self.proc.wait(timeout=0.2)
-                except subprocess.TimeoutExpired:
-                    pass
-            else:
-                time.sleep(0.2)
-        if self._session_pids(self.proc.pid):
-            self.reporter.message(f"still running after {self.plan.supervision.grace_s:.0f} s grace: SIGKILL")
-            self._signal_tree(signal.SIGKILL)
-            deadline = time.monotonic() + 5  # SIGKILL is delivered asynchronously
-            while self._session_pids(self.proc.pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-        return self.proc.wait()
-
-    # -- main loop -----------------------------------------------------------------------------
-    def _wait_ready(self, phases: PhaseState) -> readiness.GateResult | None:
+    # -- await ready ---------------------------------------------------------------------------
+    def _await_ready(self, run: ServerRun) -> readiness.GateResult | Outcome:
         sup = self.plan.supervision
         deadline = time.monotonic() + sup.startup_timeout_s
         last = None
         while time.monotonic() < deadline:
-            if self.stop_signal or self.proc.poll() is not None:
-                return None
+            self._drain_events()
+            if self.stop_signal:
+                return Outcome.STOP
+            if run.proc.poll() is not None:
+                return Outcome.EXITED
             # systemd's watchdog runs during start-up too: the server is alive and the startup
             # timeout (not the watchdog) bounds a compile that never ends.
             if self.notifier.watchdog_interval_s:
@@ -196,22 +265,34 @@ class Supervisor:
                 if last.ok:
                     return last
             # Poll often: every second spent here is start-up time the user waits for.
-            self._sleep(0.2)
+            self._wait(0.2)
         self.reporter.message(f"not ready after {sup.startup_timeout_s:.0f} s (last: {last.detail if last else 'port closed'})")
+        return Outcome.STARTUP_TIMEOUT
+
+    def _became_ready(self, gate: readiness.GateResult) -> Outcome | None:
+        self._set(state="ready", phase="ready", ready_at=time.time(), phase_detail=gate.detail)
+        self.notifier.send("READY=1", f"STATUS=ready: {self.status.url} serves {self.plan.served_name}")
+        self.reporter.ready(self.status, gate)
+        if self.after_ready:
+            self.done_code = self.after_ready(self)
+            if self.done_code is not None:
+                return Outcome.DONE
         return None
 
-    def _watch_alive(self) -> str:
-        """While ready: liveness every interval, watchdog pings. Returns why watching ended."""
+    # -- watch ---------------------------------------------------------------------------------
+    def _watch(self, run: ServerRun) -> Outcome:
+        """While ready: liveness every interval, watchdog pings, events in between."""
         sup = self.plan.supervision
         failures = 0
         last_ping = 0.0
         while True:
+            self._drain_events()
             if self.stop_signal:
-                return "stop"
+                return Outcome.STOP
             if self.restart_requested:
-                return "restart"
-            if self.proc.poll() is not None:
-                return "exited"
+                return Outcome.RESTART
+            if run.proc.poll() is not None:
+                return Outcome.EXITED
             if readiness.alive(self.plan.host, self.plan.port):
                 failures = 0
                 if self.notifier.watchdog_interval_s and time.monotonic() - last_ping >= self.notifier.watchdog_interval_s:
@@ -221,100 +302,98 @@ class Supervisor:
                 failures += 1
                 self.reporter.message(f"liveness check failed ({failures}/{sup.liveness_failures})")
                 if failures >= sup.liveness_failures:
-                    return "unhealthy"
+                    return Outcome.UNHEALTHY
             interval = sup.liveness_interval_s
             if self.notifier.watchdog_interval_s:
                 interval = min(interval, self.notifier.watchdog_interval_s)
-            self._sleep(interval)
+            self._wait(interval)
 
-    def _postmortem(self, verdict: ExitVerdict, evidence: dict, phases: PhaseState, started: float) -> str:
-        report = {
-            "schema_version": "1.0", "tool": "baldr-ops", "kind": "postmortem",
-            "verdict": verdict.model_dump(), "returncode": self.proc.returncode if self.proc else None,
-            "uptime_s": round(time.time() - started, 1), "phase": phases.phase,
-            "errors": phases.errors, "evidence": evidence, "log_tail": list(self.tail)[-50:],
-            "command": self.plan.command,
-        }
-        return str(self.rundir.write_postmortem(report))
+    # -- end a start -----------------------------------------------------------------------------
+    def _end(self, run: ServerRun, outcome: Outcome) -> int:
+        """End the server's whole session (also after it exited: its workers may live on) and
+        join the pump, so the last lines (often the error) are read before judging."""
+        if outcome in (Outcome.STOP, Outcome.DONE):
+            self._set(state="draining", phase_detail=f"SIGTERM to the server, {self.plan.supervision.grace_s:.0f} s grace")
+            self.notifier.send("STOPPING=1")
+        elif outcome in (Outcome.RESTART, Outcome.UNHEALTHY, Outcome.STARTUP_TIMEOUT):
+            self.reporter.message(f"restarting the server ({outcome.value})")
+        code = end_session(run.proc, self.plan.supervision.grace_s, on_kill=self.reporter.message)
+        run.pump.join(timeout=5)
+        self._drain_events()
+        return code
 
+    def _judge(self, run: ServerRun, outcome: Outcome) -> tuple[ExitVerdict, str | None]:
+        evidence = self.evidence(run.started)
+        if outcome in (Outcome.UNHEALTHY, Outcome.STARTUP_TIMEOUT):
+            verdict = ExitVerdict(kind="crash", restart=True, summary=f"{outcome.value.replace('-', ' ')}; killed")
+        else:
+            verdict = classify_exit(ExitEvidence(returncode=run.proc.returncode, log_error_kinds=run.phases.error_kinds,
+                                                 stopping=outcome == Outcome.RESTART, **evidence))
+        postmortem = None
+        if verdict.kind not in ("stopped", "clean"):
+            report = PostMortem(verdict=verdict, returncode=run.proc.returncode,
+                                uptime_s=round(time.time() - run.started, 1), phase=run.phases.phase,
+                                errors=run.phases.errors, evidence=evidence, log_tail=list(run.tail)[-50:],
+                                command=self.plan.command)
+            postmortem = str(self.rundir.write_postmortem(report))
+        self._set(last_exit=verdict.summary)
+        self.reporter.exited(verdict, postmortem)
+        return verdict, postmortem
+
+    # -- the loop --------------------------------------------------------------------------------
     def run(self) -> int:
         """Supervise until stopped or given up; returns the exit code for baldr-ops."""
-        sup = self.plan.supervision
         attempt = 0
         while True:
-            started = time.time()
-            phases = self._start_child()
-            gate = self._wait_ready(phases)
-            outcome = "exited"
-            if gate is not None:
-                self._set(state="ready", phase="ready", ready_at=time.time(), phase_detail=gate.detail)
-                self.notifier.send("READY=1", f"STATUS=ready: {self.status.url} serves {self.plan.served_name}")
-                self.reporter.ready(self.status, gate)
-                if self.after_ready:
-                    code = self.after_ready(self)
-                    if code is not None:
-                        self.stop_signal = self.stop_signal or signal.SIGTERM
-                        self.drain()
-                        self._set(state="stopped", last_exit="stopped after the requested work",
-                                  phase_detail="stopped after the requested work")
-                        return code
-                outcome = self._watch_alive()
-            elif self.stop_signal:
-                outcome = "stop"
-            elif self.proc.poll() is None:
-                outcome = "startup-timeout"
-
-            if outcome == "stop" or self.stop_signal:
-                code = self.drain()
+            run = self._start()
+            gate = self._await_ready(run)
+            outcome = gate if isinstance(gate, Outcome) else (self._became_ready(gate) or self._watch(run))
+            code = self._end(run, outcome)
+            if outcome == Outcome.DONE:
+                self._set(state="stopped", last_exit="stopped after the requested work",
+                          phase_detail="stopped after the requested work")
+                return self.done_code
+            if outcome == Outcome.STOP or self.stop_signal:
                 why = f"stopped by {signal.Signals(self.stop_signal).name}"
                 self._set(state="stopped", last_exit=why, phase_detail=why)
                 return _exit_code(code)
-            if outcome in ("restart", "unhealthy", "startup-timeout"):
-                self.reporter.message(f"restarting the server ({outcome})")
+            verdict, _ = self._judge(run, outcome)
+            if outcome == Outcome.RESTART:
                 self.restart_requested = False
-                self.drain()
-            else:
-                self.proc.wait()
-                self._end_session()
-
-            # The last lines (often the error) may still be in the pipe: read them before judging.
-            self._pump.join(timeout=5)
-            evidence = self.evidence(started)
-            verdict = classify_exit(ExitEvidence(
-                returncode=self.proc.returncode, log_error_kinds=phases.error_kinds,
-                stopping=outcome == "restart", **evidence))
-            if outcome in ("unhealthy", "startup-timeout"):
-                verdict = ExitVerdict(kind="crash", restart=True, summary=f"{outcome.replace('-', ' ')}; killed")
-            postmortem = None if verdict.kind in ("stopped", "clean") else self._postmortem(verdict, evidence, phases, started)
-            self._set(last_exit=verdict.summary)
-            self.reporter.exited(verdict, postmortem)
-
-            if outcome == "restart":
                 continue
-            if verdict.kind in MEMORY_CLASSES and self.memory_recheck:
-                blocker = self.memory_recheck()
-                if blocker:
-                    self.reporter.message(f"not restarting into an out-of-memory condition: {blocker}")
-                    self._set(state="failed")
-                    return 1
-                verdict = verdict.model_copy(update={"restart": True})
-            if not verdict.restart:
-                self._set(state="failed" if verdict.kind != "clean" else "stopped")
-                return _exit_code(self.proc.returncode) or (1 if verdict.kind != "clean" else 0)
-            if time.time() - started >= sup.healthy_reset_s:
-                attempt = 0
-            attempt += 1
-            if attempt > sup.max_restarts:
-                self.reporter.message(f"giving up after {sup.max_restarts} restarts")
-                self._set(state="failed")
-                return _exit_code(self.proc.returncode) or 1
-            delay = backoff_delay(attempt, sup.backoff_initial_s, sup.backoff_max_s)
+            blocker = None
+            if verdict.kind in MEMORY_CLASSES:
+                blocker = self.memory_recheck() if self.memory_recheck else "memory cannot be re-checked here"
+            decision = decide_restart(verdict, attempt, time.time() - run.started, self.plan.supervision, blocker)
+            attempt = decision.attempt
+            if not decision.restart:
+                if decision.reason:
+                    self.reporter.message(decision.reason)
+                self._set(state="stopped" if verdict.kind == "clean" else "failed")
+                return _exit_code(code) or (0 if verdict.kind == "clean" else 1)
             self._set(state="restarting", restarts=self.status.restarts + 1)
-            self.reporter.message(f"restart {attempt}/{sup.max_restarts} in {delay:.0f} s")
-            self._sleep(delay)
+            self.reporter.message(f"restart {attempt}/{self.plan.supervision.max_restarts} in {decision.delay_s:.0f} s")
+            self._wait(decision.delay_s)
             if self.stop_signal:
                 self._set(state="stopped")
-                return _exit_code(self.proc.returncode)
+                return _exit_code(code)
+
+
+def _pump(stream, log, phases: PhaseState, tail: deque, events: queue.SimpleQueue) -> None:
+    """The log pump: the single writer of server.log and of this start's PhaseState. It must never
+    stop reading (MAX blocks once the pipe fills), so it only writes the log and queues events."""
+    try:
+        for line in stream:
+            log.write(line)
+            text = line.rstrip("\n")
+            tail.append(text)
+            events.put(LogLine(text))
+            before = phases.compile_elapsed_s
+            if phases.feed(line) or phases.compile_elapsed_s != before:
+                events.put(PhaseChange(phases.phase, phases.detail, phases.compile_elapsed_s))
+    finally:
+        log.close()
+        events.put(PumpEnded())
 
 
 def _exit_code(returncode: int | None) -> int:

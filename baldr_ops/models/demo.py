@@ -11,12 +11,10 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from baldr_ops.atomic import atomic_directory
 from baldr_ops.errors import UserError
 from baldr_ops.paths import cache_root
 
@@ -182,18 +180,9 @@ def ensure_demo_model(progress: Callable[[str], None] = lambda _: None) -> Path:
     except (OSError, ValueError):
         pass
     progress(f"converting {gguf_path.name} to float32 safetensors in {target} (once)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Convert into a sibling temp dir and rename, so an interrupted conversion never looks complete.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{DEMO_NAME}-", dir=target.parent))
-    try:
+    # Converted beside the target and renamed, so an interrupted conversion never looks complete.
+    with atomic_directory(target, replace=True) as tmp:
         convert_gguf(gguf_path, tmp, progress)
         manifest = {**expected, "sha256": _sha256(gguf_path)}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.chmod(0o755)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return target

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from baldr_ops.atomic import atomic_write
 from baldr_ops.errors import UserError
 from baldr_ops.paths import cache_root
 
@@ -237,9 +238,7 @@ def weights_fingerprint(path: Path) -> str:
     value = digest.hexdigest()
     try:
         memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(value)
-        os.replace(tmp, memo)
+        atomic_write(memo, value)
     except OSError:
         pass  # a read-only cache only costs a re-hash next time
     return value

@@ -10,6 +10,9 @@ Behaviour from the environment:
   FAKE_IGNORE_TERM      "1": ignore SIGTERM (the supervisor must KILL after the grace period)
   FAKE_MARKER           file whose content counts the starts (one line appended per start)
   FAKE_LEAVE_WORKER     "1": exit without ending the worker (it is orphaned, as MAX's are)
+  FAKE_FLOOD_LINES      print this many numbered lines while compiling (every other one a "Still
+                        compiling" progress line) and as many again once serving, each burst
+                        ended by FLOOD_DONE <n>: a blocked pipe would stall it
 It forks one "worker" child in the same session, as MAX does, and prints its pid.
 """
 
@@ -46,6 +49,19 @@ def main():
     log("Building, compiling, and initializing model...")
     time.sleep(float(os.environ.get("FAKE_STARTUP_S", "0.5")))
     log("Still compiling model (60.0s elapsed)")
+    flood = int(os.environ.get("FAKE_FLOOD_LINES", "0"))
+
+    def burst(n):
+        filler = "x" * 150
+        for i in range(flood):
+            if i % 2:
+                log(f"Still compiling model ({60 + i}.0s elapsed)")
+            else:
+                print(f"flood {n} line {i} {filler}")
+        print(f"FLOOD_DONE {n}", flush=True)
+
+    if flood:
+        burst(1)
     log("Building, compiling, and initializing sampler...")
     log("Model worker ready")
 
@@ -80,6 +96,8 @@ def main():
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     print(f"        Server ready on http://127.0.0.1:{port} (Press CTRL+C to quit)", flush=True)
+    if flood:
+        burst(2)
     exit_after = os.environ.get("FAKE_EXIT_AFTER_S")
     start = time.monotonic()
     while True:

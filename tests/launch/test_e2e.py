@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.max]
@@ -42,15 +43,12 @@ def cli(*args, env, timeout=900, check=True):
 def session_members(sid: int) -> list[int]:
     """Live processes of a session; zombies waiting for init to reap them do not count."""
     members = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    zombie = fh.read().rsplit(")", 1)[1].split()[0] == "Z"
-                if os.getsid(int(entry)) == sid and not zombie:
-                    members.append(int(entry))
-            except OSError:
-                pass
+    for proc in psutil.process_iter(["status"]):
+        try:
+            if os.getsid(proc.pid) == sid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                members.append(proc.pid)
+        except OSError:
+            pass
     return members
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import sys
@@ -11,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from baldr_ops.engines.max.command import EngineOptions
@@ -29,15 +29,10 @@ def free_port() -> int:
 
 
 def pid_alive(pid: int) -> bool:
+    """Running, not a zombie (a zombie still answers kill(0) but holds nothing)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie still answers kill(0); treat it as gone
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
 
 
@@ -219,3 +214,87 @@ def test_workers_orphaned_by_a_crash_are_ended_before_the_restart(tmp_path):
     workers = [int(line.split()[1]) for line in sup.reporter.lines if line.startswith("WORKER_PID")]
     assert len(workers) == 2  # one per start
     assert not any(pid_alive(pid) for pid in workers)
+
+
+def test_state_writes_from_two_threads_never_collide(tmp_path):
+    # Two writers of one state file (the race a fixed `state.tmp` lost with FileNotFoundError),
+    # and a reader that must always find a whole document.
+    from baldr_ops.launch.runstate import RunStatus
+
+    rundir = RunDir(4323, tmp_path)
+    rundir.path.mkdir(parents=True)
+    errors, done = [], threading.Event()
+
+    def writer(tag):
+        try:
+            for i in range(400):
+                rundir.write(RunStatus(port=4323, host="h", url="u", model=tag, served_name="n", restarts=i))
+        except Exception as exc:  # noqa: BLE001 - any failure of a writer is the finding
+            errors.append(exc)
+
+    def reader():
+        while not done.is_set():
+            status = rundir.read()
+            if status is None:
+                errors.append(AssertionError("a reader saw a missing or torn state file"))
+
+    rundir.write(RunStatus(port=4323, host="h", url="u", model="first", served_name="n"))
+    threads = [threading.Thread(target=writer, args=(t,)) for t in ("a", "b")]
+    check = threading.Thread(target=reader)
+    check.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    done.set()
+    check.join()
+    assert errors == []
+    assert rundir.read().restarts == 399
+    assert [p.name for p in rundir.path.iterdir()] == ["state.json"]  # no temporary left behind
+
+
+def test_a_flooding_server_never_stalls_the_pump(tmp_path, monkeypatch):
+    # 20,000 lines while compiling (half of them progress lines, each a phase event the main loop
+    # turns into state writes) and 20,000 more while serving, when the main loop is busy elsewhere
+    # (after_ready blocks it): the pump must keep reading, or the server blocks on a full pipe.
+    lines = 20000
+    pump_errors = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: pump_errors.append(args.exc_value))
+    port = free_port()
+    sup, rundir = make(tmp_path, port, env={"FAKE_FLOOD_LINES": str(lines)})
+    seen = {}
+
+    def after_ready(s):
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "FLOOD_DONE 2" not in rundir.log_file.read_text():
+            time.sleep(0.1)
+        seen["pump_alive"] = s.current.pump.is_alive()
+        seen["server_alive"] = s.proc.poll() is None
+        return 0
+
+    sup.after_ready = after_ready
+    assert sup.run() == 0
+    log = rundir.log_file.read_text()
+    assert "FLOOD_DONE 1" in log and "FLOOD_DONE 2" in log
+    for burst in (1, 2):
+        assert sum(1 for line in log.splitlines() if line.startswith(f"flood {burst} line ")) == lines // 2
+    assert seen == {"pump_alive": True, "server_alive": True}
+    assert pump_errors == []
+    assert rundir.read().state == "stopped"
+    # Progress lines queued together are coalesced: far fewer state writes than progress lines
+    # (10,000 here; one write each without coalescing, a few hundred batches with it).
+    assert sup.reporter.states.count("compiling") < lines // 20
+
+
+def test_postmortem_is_a_versioned_document(tmp_path):
+    from baldr_ops.launch.runstate import PostMortem
+
+    port = free_port()
+    sup, _ = make(tmp_path, port, env={"FAKE_EXIT_AFTER_S": "0.2", "FAKE_EXIT_CODE": "9",
+                                       "FAKE_FAIL_LOG": "ERROR: something broke"}, max_restarts=0)
+    assert sup.run() == 9
+    path = sup.reporter.exits[0][1]
+    doc = PostMortem.model_validate_json(Path(path).read_text())
+    assert doc.schema_version == "1.0" and doc.kind == "postmortem" and doc.returncode == 9
+    assert doc.verdict.kind == "crash" and "something broke" in doc.errors[-1]
+    assert doc.log_tail[-1] == "ERROR: something broke"

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import shutil
 import time
@@ -29,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from baldr_ops import __version__
 from baldr_ops.engines.max.command import EngineOptions
+from baldr_ops.atomic import atomic_copy, atomic_directory, atomic_write
 from baldr_ops.errors import UserError
 from baldr_ops.paths import cache_root, modular_cache_dir
 
@@ -162,9 +162,7 @@ def write_json_quietly(path: Path, data: dict) -> None:
     """Write a small state file atomically; a failure is ignored (it is only a cache)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(data, indent=1, sort_keys=True))
     except OSError:
         pass
 
@@ -377,9 +375,7 @@ def seed_cache(payload: Path, target: Path) -> int:
         if dest.exists():
             continue
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.baldr-{os.getpid()}")
-        shutil.copyfile(payload / rel, tmp)
-        os.replace(tmp, dest)
+        atomic_copy(payload / rel, dest)
         copied += 1
     return copied
 
@@ -438,10 +434,7 @@ def export_bundle(dest: Path, payload_kind: Payload, source: Path, options: Engi
     source = Path(source)
     if not source.is_dir() or not _payload_files(source):
         raise UserError(f"nothing to export: {source} holds no compiled artifacts")
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_directory(dest, replace=True) as tmp:  # dest, if it exists, is an empty directory
         root = PAYLOAD_DIRS[payload_kind]
         files: dict[str, FileEntry] = {}
         for rel in _payload_files(source):
@@ -457,11 +450,4 @@ def export_bundle(dest: Path, payload_kind: Payload, source: Path, options: Engi
             options=options.compile_identity(), compile_seconds=compile_seconds, files=files)
         manifest.digest = manifest.compute_digest()
         (tmp / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2) + "\n")
-        if dest.exists():
-            dest.rmdir()
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
