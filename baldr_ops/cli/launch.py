@@ -209,9 +209,9 @@ def _detach(args, port: int, reporter: ConsoleReporter) -> int:
     argv = [a for a in sys.argv[1:] if a != "--detach"] if sys.argv[1:2] == ["launch"] else None
     if argv is None:
         raise UserError("--detach needs to be run from the baldr-ops command line")
-    out = open(rundir.path / "supervisor.log", "ab")
-    child = subprocess.Popen([sys.executable, "-m", "baldr_ops", *argv], stdin=subprocess.DEVNULL, stdout=out,
-                             stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ})
+    with open(rundir.path / "supervisor.log", "ab") as out:  # the child keeps its own descriptor
+        child = subprocess.Popen([sys.executable, "-m", "baldr_ops", *argv], stdin=subprocess.DEVNULL, stdout=out,
+                                 stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ})
     last = None
     while True:
         if child.poll() is not None:

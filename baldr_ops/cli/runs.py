@@ -19,13 +19,13 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("stop", help="stop a launched server cleanly",
                               description="Send SIGTERM to the supervisor of a launch, which drains the server "
                                           "(TERM, grace period, KILL) and exits; waits for it.")
-    p.add_argument("--port", type=int, default=8000, help="port of the launch (default 8000)")
+    p.add_argument("--port", type=int, help="port of the launch (default: the one launch running, else 8000)")
     p.add_argument("--timeout", type=float, default=90, help="seconds to wait for the supervisor to exit (90)")
     p.set_defaults(func=run_stop)
 
     p = subparsers.add_parser("logs", help="print a launch's server log",
                               description="Print the tail of the server log that launch keeps for a port.")
-    p.add_argument("--port", type=int, default=8000, help="port of the launch (default 8000)")
+    p.add_argument("--port", type=int, help="port of the launch (default: the one launch running, else 8000)")
     p.add_argument("-n", "--lines", type=int, default=50, help="lines to print (50)")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until interrupted")
     p.set_defaults(func=run_logs)
@@ -94,11 +94,25 @@ def run_status(args) -> int:
     return 0
 
 
+def _chosen_run(port: int | None):
+    """The launch a command without --port means: the only one running, else port 8000's."""
+    from baldr_ops.errors import UserError
+    from baldr_ops.launch.runstate import RunDir, all_runs
+
+    if port is not None:
+        return RunDir(port)
+    live = [r for r in all_runs() if r.held_by_someone()]
+    if len(live) > 1:
+        ports = ", ".join(str(r.port) for r in live)
+        raise UserError(f"{len(live)} launches are running (ports {ports})", hint="choose one with --port")
+    return live[0] if live else RunDir(8000)
+
+
 def run_stop(args) -> int:
     from baldr_ops.errors import UserError
-    from baldr_ops.launch.runstate import RunDir
 
-    rundir = RunDir(args.port)
+    rundir = _chosen_run(args.port)
+    args.port = rundir.port
     status = rundir.read()
     if status is None or not rundir.held_by_someone():
         raise UserError(f"nothing is running on port {args.port}", exit_code=1,
@@ -116,9 +130,10 @@ def run_stop(args) -> int:
 
 def run_logs(args) -> int:
     from baldr_ops.errors import UserError
-    from baldr_ops.launch.runstate import RunDir
 
-    path = RunDir(args.port).log_file
+    rundir = _chosen_run(args.port)
+    args.port = rundir.port
+    path = rundir.log_file
     if not path.exists():
         raise UserError(f"no server log for port {args.port}", exit_code=1, hint="baldr-ops status lists the launches")
     with open(path, errors="replace") as fh:

@@ -184,3 +184,14 @@ def test_restart_policy():
     blocked = decide_restart(oom, 0, 3, policy, memory_blocker="needs 60 GiB, 20 GiB available")
     assert not blocked.restart and "out-of-memory condition: needs 60 GiB" in blocked.reason
     assert decide_restart(oom, 0, 3, policy, memory_blocker=None).restart
+
+
+def test_a_max_installed_under_a_comma_is_refused_in_one_line(tmp_path):
+    from baldr_ops.engines.max.quirks import check_install_path
+    from baldr_ops.errors import UserError
+
+    check_install_path(str(tmp_path / "venv" / "lib" / "max"))  # an ordinary path passes
+    check_install_path(None)
+    with pytest.raises(UserError, match="contains a comma") as exc:
+        check_install_path("/home/a,b/.venv/lib/python3.11/site-packages/max")
+    assert "\n" not in exc.value.message and "without commas" in exc.value.hint
