@@ -73,7 +73,7 @@ def _request(args):
 def run(args) -> int:
     from pathlib import Path
 
-    from baldr_ops.cli.launch import ConsoleReporter
+    from baldr_ops.cli.progress import ConsoleReporter
     from baldr_ops.compile.service import compile_model
     from baldr_ops.engines.max.warmth import describe_warmth
 
