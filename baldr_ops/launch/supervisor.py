@@ -1,9 +1,11 @@
 """Start `max serve`, gate its readiness, keep it alive, stop it clean.
 
 One writer: the main loop alone owns :class:`RunStatus`, writes the state file, talks to systemd
-and to the reporter. Other threads only put events on a queue: the log pump (one per server
-start, the single writer of server.log) parses MAX's lines and queues what changed; signal
-handlers queue the signal. The loop is a state machine over one server start at a time:
+and to the reporter, and starts and ends the server. Other threads only put events on a queue:
+the log pump (one per server start, the single writer of server.log) parses MAX's lines and
+queues what changed; the prober asks the server over HTTP (the readiness gate, then liveness) so
+a slow answer never blocks the loop; the work asked for after ready (--ask) runs beside it;
+signal handlers queue the signal. The loop is a state machine over one server start at a time:
 
     start -> await ready -> watch -> judge the exit -> restart policy -> (start again | end)
 
@@ -74,7 +76,25 @@ class SignalReceived:
     signum: int
 
 
-@dataclass
+@dataclass(frozen=True)
+class GateChecked:
+    run: object                     # the ServerRun it is about: results of an ended start are ignored
+    result: readiness.GateResult
+
+
+@dataclass(frozen=True)
+class LivenessChecked:
+    run: object
+    ok: bool
+
+
+@dataclass(frozen=True)
+class WorkDone:
+    run: object
+    code: int | None
+
+
+@dataclass(eq=False)
 class ServerRun:
     """One start of the server. ``phases`` and ``tail`` belong to the pump thread until it is joined."""
 
@@ -83,6 +103,9 @@ class ServerRun:
     phases: PhaseState
     tail: deque
     started: float = field(default_factory=time.time)
+    ended: threading.Event = field(default_factory=threading.Event)   # tells the prober to stop
+    gate: readiness.GateResult | None = None                            # the last gate result
+    liveness_failures: int = 0
 
 
 def backoff_delay(attempt: int, initial: float, cap: float) -> float:
@@ -185,10 +208,23 @@ class Supervisor:
                 self.restart_requested = True
             else:
                 self.stop_signal = event.signum
+        elif getattr(event, "run", None) is not self.current:
+            return  # a probe or work result from a start that has ended
+        elif isinstance(event, GateChecked):
+            event.run.gate = event.result
+        elif isinstance(event, LivenessChecked):
+            if event.ok:
+                event.run.liveness_failures = 0
+            else:
+                event.run.liveness_failures += 1
+                self.reporter.message(f"liveness check failed ({event.run.liveness_failures}/"
+                                      f"{self.plan.supervision.liveness_failures})")
+        elif isinstance(event, WorkDone):
+            self.done_code = event.code
 
     def _wait(self, seconds: float) -> None:
-        """Handle events for up to ``seconds``; return early once a signal asks for action or the
-        server's output closes."""
+        """Handle events for up to ``seconds``; return early once one asks the loop to look up (a
+        signal, the server's output closing, a probe or work result)."""
         deadline = time.monotonic() + seconds
         while True:
             try:
@@ -225,7 +261,7 @@ class Supervisor:
         for i, event in enumerate(events):
             if i not in superseded:
                 self._handle(event)
-                wake = wake or isinstance(event, (SignalReceived, PumpEnded))
+                wake = wake or isinstance(event, WAKE_EVENTS)
         return wake
 
     # -- start -------------------------------------------------------------------------------
@@ -241,6 +277,7 @@ class Supervisor:
         run = ServerRun(proc=proc, pump=pump, phases=phases, tail=tail)
         pump.start()
         self.current = run
+        threading.Thread(target=_probe, args=(run, self.plan, self.events), daemon=True, name="prober").start()
         self._set(server_pid=proc.pid, state="starting", phase="starting", phase_detail="process started",
                   compile_elapsed_s=None, ready_at=None)
         return run
@@ -249,64 +286,54 @@ class Supervisor:
     def _await_ready(self, run: ServerRun) -> readiness.GateResult | Outcome:
         sup = self.plan.supervision
         deadline = time.monotonic() + sup.startup_timeout_s
-        last = None
-        while time.monotonic() < deadline:
-            self._drain_events()
+        while True:
             if self.stop_signal:
                 return Outcome.STOP
             if run.proc.poll() is not None:
                 return Outcome.EXITED
+            if run.gate is not None and run.gate.ok:
+                return run.gate
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
             # systemd's watchdog runs during start-up too: the server is alive and the startup
             # timeout (not the watchdog) bounds a compile that never ends.
             if self.notifier.watchdog_interval_s:
                 self.notifier.send("WATCHDOG=1")
-            if port_open(self.plan.host, self.plan.port):
-                last = readiness.check_once(self.plan.host, self.plan.port, self.plan.served_name, canary=sup.canary)
-                if last.ok:
-                    return last
-            # Poll often: every second spent here is start-up time the user waits for.
-            self._wait(0.2)
-        self.reporter.message(f"not ready after {sup.startup_timeout_s:.0f} s (last: {last.detail if last else 'port closed'})")
+            self._wait(min(remaining, self.notifier.watchdog_interval_s or 1.0))
+        last = run.gate.detail if run.gate else "port closed"
+        self.reporter.message(f"not ready after {sup.startup_timeout_s:.0f} s (last: {last})")
         return Outcome.STARTUP_TIMEOUT
 
-    def _became_ready(self, gate: readiness.GateResult) -> Outcome | None:
+    def _became_ready(self, gate: readiness.GateResult) -> None:
         self._set(state="ready", phase="ready", ready_at=time.time(), phase_detail=gate.detail)
         self.notifier.send("READY=1", f"STATUS=ready: {self.status.url} serves {self.plan.served_name}")
         self.reporter.ready(self.status, gate)
         if self.after_ready:
-            self.done_code = self.after_ready(self)
-            if self.done_code is not None:
-                return Outcome.DONE
+            run = self.current
+            threading.Thread(target=lambda: self.events.put(WorkDone(run, self.after_ready(self))),
+                             daemon=True, name="after-ready").start()
         return None
 
     # -- watch ---------------------------------------------------------------------------------
     def _watch(self, run: ServerRun) -> Outcome:
-        """While ready: liveness every interval, watchdog pings, events in between."""
+        """While ready: react to events (liveness results from the prober, signals, the work
+        asked for finishing), ping systemd's watchdog."""
         sup = self.plan.supervision
-        failures = 0
-        last_ping = 0.0
         while True:
-            self._drain_events()
             if self.stop_signal:
                 return Outcome.STOP
             if self.restart_requested:
                 return Outcome.RESTART
+            if self.done_code is not None:
+                return Outcome.DONE
             if run.proc.poll() is not None:
                 return Outcome.EXITED
-            if readiness.alive(self.plan.host, self.plan.port):
-                failures = 0
-                if self.notifier.watchdog_interval_s and time.monotonic() - last_ping >= self.notifier.watchdog_interval_s:
-                    self.notifier.send("WATCHDOG=1")
-                    last_ping = time.monotonic()
-            else:
-                failures += 1
-                self.reporter.message(f"liveness check failed ({failures}/{sup.liveness_failures})")
-                if failures >= sup.liveness_failures:
-                    return Outcome.UNHEALTHY
-            interval = sup.liveness_interval_s
-            if self.notifier.watchdog_interval_s:
-                interval = min(interval, self.notifier.watchdog_interval_s)
-            self._wait(interval)
+            if run.liveness_failures >= sup.liveness_failures:
+                return Outcome.UNHEALTHY
+            if self.notifier.watchdog_interval_s and run.liveness_failures == 0:
+                self.notifier.send("WATCHDOG=1")
+            self._wait(self.notifier.watchdog_interval_s or 1.0)
 
     # -- end a start -----------------------------------------------------------------------------
     def _end(self, run: ServerRun, outcome: Outcome) -> int:
@@ -317,6 +344,7 @@ class Supervisor:
             self.notifier.send("STOPPING=1")
         elif outcome in (Outcome.RESTART, Outcome.UNHEALTHY, Outcome.STARTUP_TIMEOUT):
             self.reporter.message(f"restarting the server ({outcome.value})")
+        run.ended.set()
         code = end_session(run.proc, self.plan.supervision.grace_s, on_kill=self.reporter.message)
         run.pump.join(timeout=5)
         self._drain_events()
@@ -347,7 +375,9 @@ class Supervisor:
         while True:
             run = self._start()
             gate = self._await_ready(run)
-            outcome = gate if isinstance(gate, Outcome) else (self._became_ready(gate) or self._watch(run))
+            if not isinstance(gate, Outcome):
+                self._became_ready(gate)
+            outcome = gate if isinstance(gate, Outcome) else self._watch(run)
             code = self._end(run, outcome)
             if outcome == Outcome.DONE:
                 self._set(state="stopped", last_exit="stopped after the requested work",
@@ -394,6 +424,26 @@ def _pump(stream, log, phases: PhaseState, tail: deque, events: queue.SimpleQueu
     finally:
         log.close()
         events.put(PumpEnded())
+
+
+def _probe(run: ServerRun, plan: LaunchPlan, events: queue.SimpleQueue) -> None:
+    """The prober: the readiness gate every 0.2 s until it passes (MAX binds its port only once
+    the model worker is up), then liveness every interval, until the start ends. HTTP waits happen
+    here, never in the main loop."""
+    sup = plan.supervision
+    while not run.ended.is_set():
+        if port_open(plan.host, plan.port):
+            result = readiness.check_once(plan.host, plan.port, plan.served_name, canary=sup.canary)
+            events.put(GateChecked(run, result))
+            if result.ok:
+                break
+        # Poll often: every second spent here is start-up time the user waits for.
+        run.ended.wait(0.2)
+    while not run.ended.wait(sup.liveness_interval_s):
+        events.put(LivenessChecked(run, readiness.alive(plan.host, plan.port)))
+
+
+WAKE_EVENTS = (SignalReceived, PumpEnded, GateChecked, LivenessChecked, WorkDone)
 
 
 def _exit_code(returncode: int | None) -> int:

@@ -255,8 +255,8 @@ def test_state_writes_from_two_threads_never_collide(tmp_path):
 
 def test_a_flooding_server_never_stalls_the_pump(tmp_path, monkeypatch):
     # 20,000 lines while compiling (half of them progress lines, each a phase event the main loop
-    # turns into state writes) and 20,000 more while serving, when the main loop is busy elsewhere
-    # (after_ready blocks it): the pump must keep reading, or the server blocks on a full pipe.
+    # turns into state writes) and 20,000 more while serving and the work asked after ready runs:
+    # the pump must keep reading, or the server blocks on a full pipe.
     lines = 20000
     pump_errors = []
     monkeypatch.setattr(threading, "excepthook", lambda args: pump_errors.append(args.exc_value))
