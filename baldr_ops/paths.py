@@ -11,6 +11,7 @@ from pathlib import Path
 
 CACHE_ENV = "BALDR_CACHE_DIR"
 RUN_ENV = "BALDR_RUN_DIR"
+STATE_ENV = "BALDR_STATE_DIR"
 
 
 def cache_root() -> Path:
@@ -30,6 +31,20 @@ def runs_root() -> Path:
     if runtime and os.path.isdir(runtime):
         return Path(runtime) / "baldr-ops"
     return Path(os.path.expanduser("~/.local/state/baldr-ops/runs"))
+
+
+def state_root() -> Path:
+    """What must survive a reboot (the memory guard's black boxes): ``$BALDR_STATE_DIR``, else
+    ``$XDG_STATE_HOME/baldr-ops`` (``~/.local/state/baldr-ops``). Not the runtime directory,
+    which is a tmpfs that a reboot empties."""
+    explicit = os.environ.get(STATE_ENV)
+    if explicit:
+        return Path(explicit)
+    return Path(os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")) / "baldr-ops"
+
+
+def blackbox_root() -> Path:
+    return state_root() / "blackbox"
 
 
 def config_root(env: dict[str, str] | os._Environ | None = None) -> Path:

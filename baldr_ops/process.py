@@ -46,25 +46,27 @@ def signal_session(sid: int, sig: int) -> int:
 
 
 def end_session(proc: subprocess.Popen, grace_s: float, on_kill: Callable[[str], None] | None = None,
-                poll_s: float = 0.2) -> int:
+                poll_s: float = 0.2, wait: Callable[[float], None] = time.sleep,
+                kill_now: Callable[[], str | None] = lambda: None) -> int:
     """TERM every process in ``proc``'s session (it must have been started with
     ``start_new_session=True``), wait up to ``grace_s``, KILL the rest, reap ``proc``.
 
-    Also right after the leader died on its own: its workers may still run. Returns the
-    leader's return code."""
+    Also right after the leader died on its own: its workers may still run. ``wait`` is how to
+    pass time (an owner loop handles its events meanwhile); ``kill_now`` returns a reason to skip
+    the rest of the grace. Returns the leader's return code."""
     sid = proc.pid
     signal_session(sid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
+    why = None
     while time.monotonic() < deadline and session_members(sid):
-        try:
-            proc.wait(timeout=poll_s)  # reap the leader as soon as it exits
-        except subprocess.TimeoutExpired:
-            pass
-        else:
-            time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+        proc.poll()  # reap the leader as soon as it exits
+        why = kill_now()
+        if why:
+            break
+        wait(min(poll_s, max(0.0, deadline - time.monotonic())))
     if session_members(sid):
         if on_kill is not None:
-            on_kill(f"still running after {grace_s:.0f} s grace: SIGKILL")
+            on_kill(f"{why}: SIGKILL" if why else f"still running after {grace_s:.0f} s grace: SIGKILL")
         signal_session(sid, signal.SIGKILL)
         deadline = time.monotonic() + 5  # SIGKILL is delivered asynchronously
         while session_members(sid) and time.monotonic() < deadline:

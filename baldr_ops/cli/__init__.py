@@ -16,7 +16,7 @@ from baldr_ops import __version__
 from baldr_ops.errors import UserError
 
 # Order is the order shown in --help.
-COMMAND_MODULES = ("doctor", "shim", "launch", "runs", "compile", "sae", "memory")
+COMMAND_MODULES = ("doctor", "shim", "launch", "runs", "compile", "guard", "sae", "memory")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -53,6 +53,13 @@ def register(subparsers) -> None:
                    help="sampling guard for the SM 12.x top-k bug, modular#6488 (default auto: only on SM 12.x)")
     p.add_argument("--shim", default="auto", choices=("auto", "on", "off"),
                    help="preload the memory-cap shim (default auto: with a GPU)")
+    p.add_argument("--memguard", default="auto", choices=("auto", "on", "off", "dry-run"),
+                   help="memory guard: reclaim page cache while loading, drain then kill the server before the host "
+                        "runs out while serving (default auto: on with a unified-memory GPU, dry-run elsewhere)")
+    p.add_argument("--load-floor", metavar="SIZE", help="MemFree floor while loading (default 8G on 64 GiB+ "
+                   "machines, scaled down on smaller ones)")
+    p.add_argument("--serve-floor", metavar="SIZE", help="MemAvailable floor while serving (default 4G on 64 GiB+ "
+                   "machines, scaled down on smaller ones)")
     p.add_argument("--precompiled", metavar="DIR", help="start from a `baldr-ops compile --export` bundle; used "
                    "only if its manifest matches this machine and request (else it says why and compiles)")
     p.add_argument("--force", action="store_true", help="launch even when preflight says the model does not fit")
@@ -80,7 +87,8 @@ def _request(args):
         port=args.port, metrics_port=args.metrics_port, devices=args.devices,
         quantization_encoding=args.quantization_encoding, max_length=args.max_length,
         max_batch_size=args.max_batch_size, cap=args.cap, floor=args.floor, guard=args.guard, shim=args.shim,
-        force=args.force, telemetry=args.telemetry,
+        force=args.force, telemetry=args.telemetry, memguard=args.memguard, load_floor=args.load_floor,
+        serve_floor=args.serve_floor,
         precompiled=Path(args.precompiled) if args.precompiled else None, extra_args=extra,
         supervision=Supervision(startup_timeout_s=args.startup_timeout, grace_s=args.grace,
                                 max_restarts=args.max_restarts, canary=not args.no_canary))

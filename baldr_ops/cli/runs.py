@@ -86,6 +86,10 @@ def run_status(args) -> int:
         if s.guard:
             print(f"  guard    {s.guard.mode}: {s.guard.reason}")
         print(f"  shim     {s.shim or 'not preloaded'}{'; cap ' + s.memory_cap if s.memory_cap else ''}")
+        if s.memguard:
+            print(f"  memguard {s.memguard.line().removeprefix('memguard ')}")
+            if s.memguard.last_decision:
+                print(f"           last: {s.memguard.last_decision}")
         print(f"  pids     supervisor {s.supervisor_pid}, server {s.server_pid}; restarts {s.restarts}")
         if s.last_exit:
             print(f"  last     {s.last_exit}")

@@ -11,10 +11,10 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-ExitClass = Literal["clean", "stopped", "kernel-oom", "oomd", "nvrm-oom", "plan-oom", "config-error",
+ExitClass = Literal["clean", "stopped", "kernel-oom", "oomd", "nvrm-oom", "plan-oom", "memguard", "config-error",
                     "crash"]
 RESTARTABLE = {"crash"}
-MEMORY_CLASSES = {"kernel-oom", "oomd", "nvrm-oom", "plan-oom"}
+MEMORY_CLASSES = {"kernel-oom", "oomd", "nvrm-oom", "plan-oom", "memguard"}
 
 
 class ExitEvidence(BaseModel):

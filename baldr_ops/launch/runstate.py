@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from baldr_ops.atomic import atomic_write
 from baldr_ops.errors import UserError
 from baldr_ops.launch.exits import ExitVerdict
+from baldr_ops.memguard.runtime import MemGuardStatus
 from baldr_ops.paths import runs_root
 from baldr_ops.schema import Document
 
@@ -55,6 +56,7 @@ class RunStatus(Document):
     last_exit: str | None = None
     alive: bool = True               # filled in by readers: is the supervisor still running?
     compile_cache: str | None = None  # filled in by readers: is MAX's compile cache warm for the model?
+    memguard: MemGuardStatus | None = None
 
 
 class PostMortem(Document):
@@ -69,6 +71,7 @@ class PostMortem(Document):
     evidence: dict                   # kernel-side: OOM kills since start, NVRM/oomd lines
     log_tail: list[str]
     command: list[str]
+    blackbox: dict | None = None     # the memory guard's last minute (after a guard stop)
 
 
 class RunDir:

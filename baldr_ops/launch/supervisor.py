@@ -31,6 +31,10 @@ from baldr_ops.launch import readiness
 from baldr_ops.launch.exits import MEMORY_CLASSES, ExitEvidence, ExitVerdict, classify_exit
 from baldr_ops.launch.runstate import GuardInfo, PostMortem, RunDir, RunStatus
 from baldr_ops.launch.sdnotify import Notifier
+from baldr_ops.memguard.blackbox import BlackBox, read_box
+from baldr_ops.memguard.reclaim import may_write_vm
+from baldr_ops.memguard.runtime import GuardRuntime, ReclaimDone, SampleTaken
+from baldr_ops.paths import blackbox_root
 from baldr_ops.plan.model import LaunchPlan
 from baldr_ops.process import end_session
 from baldr_ops.system.ports import port_open
@@ -50,6 +54,7 @@ class Outcome(enum.Enum):
     UNHEALTHY = "unhealthy"                # liveness failed too often
     STARTUP_TIMEOUT = "startup-timeout"    # not ready in time
     DONE = "done"                          # the work asked for after ready (--ask) is done
+    MEMGUARD = "memguard"                  # the memory guard found the host in danger
 
 
 # -- events: the only thing other threads hand to the main loop ---------------------------------
@@ -169,11 +174,23 @@ class Supervisor:
         self.restart_requested = False
         self.done_code: int | None = None
         self.current: ServerRun | None = None
+        self.memguard = self._make_memguard(plan)
+        self.guard_stop: str | None = None     # the guard's reason to drain the server
+        self.guard_kill: str | None = None     # the guard's reason not to wait for the drain
+        self._guard_written = (None, 0.0)       # (level, time) of the last state write for the guard
         self.status = RunStatus(
             port=plan.port, host=plan.host, url=readiness.base_url(plan.host, plan.port), model=plan.model,
             served_name=plan.served_name, supervisor_pid=os.getpid(), log_path=str(rundir.log_file),
             guard=GuardInfo(mode=plan.guard.mode, reason=plan.guard.reason), shim=plan.shim,
             memory_cap=plan.memory_cap, state="starting")
+
+    def _make_memguard(self, plan: LaunchPlan) -> GuardRuntime | None:
+        mg = plan.memguard
+        if mg is None or mg.mode == "off":
+            return None
+        return GuardRuntime(mg.config(drop_caches_permitted=may_write_vm()), mg.weight_files, deliver=self.events.put,
+                            blackbox=BlackBox(blackbox_root() / f"port-{plan.port}"), reason=mg.reason,
+                            log=lambda text: self.reporter.message(text))
 
     @property
     def proc(self) -> subprocess.Popen | None:
@@ -203,6 +220,9 @@ class Supervisor:
             if self.status.state not in ("ready", "draining"):
                 self._set(phase=event.phase, phase_detail=event.detail, compile_elapsed_s=event.compile_elapsed_s,
                           state=_PHASE_STATE.get(event.phase, "loading"))
+        elif isinstance(event, (SampleTaken, ReclaimDone)):
+            if self.memguard is not None:
+                self._guard_event(event)
         elif isinstance(event, SignalReceived):
             if event.signum == signal.SIGHUP:
                 self.restart_requested = True
@@ -221,6 +241,22 @@ class Supervisor:
                                       f"{self.plan.supervision.liveness_failures})")
         elif isinstance(event, WorkDone):
             self.done_code = event.code
+
+    def _guard_event(self, event) -> None:
+        decision = self.memguard.handle_event(event)
+        if decision is not None and self.memguard.config.mode == "on":
+            if "drain" in decision.actions and self.guard_stop is None:
+                self.guard_stop = decision.reason
+            if "kill" in decision.actions:
+                self.guard_kill = f"memory guard: {decision.reason}"
+        status = self.memguard.status
+        level, written = self._guard_written
+        # The state file follows the guard when its level changes or it acts, else every 5 s.
+        if status.level != level or (decision is not None and decision.actions) or time.monotonic() - written >= 5:
+            self._guard_written = (status.level, time.monotonic())
+            self._set(memguard=status)
+            if status.level in ("warn", "act", "unknown") or level in ("warn", "act", "unknown"):
+                self.notifier.status(f"{self.status.state}: {status.line()}")
 
     def _wait(self, seconds: float) -> None:
         """Handle events for up to ``seconds``; return early once one asks the loop to look up (a
@@ -261,7 +297,7 @@ class Supervisor:
         for i, event in enumerate(events):
             if i not in superseded:
                 self._handle(event)
-                wake = wake or isinstance(event, WAKE_EVENTS)
+                wake = wake or isinstance(event, WAKE_EVENTS) or (self.guard_stop or self.guard_kill) is not None
         return wake
 
     # -- start -------------------------------------------------------------------------------
@@ -277,6 +313,9 @@ class Supervisor:
         run = ServerRun(proc=proc, pump=pump, phases=phases, tail=tail)
         pump.start()
         self.current = run
+        self.guard_stop = self.guard_kill = None
+        if self.memguard is not None:
+            self.memguard.set_phase("loading")
         threading.Thread(target=_probe, args=(run, self.plan, self.events), daemon=True, name="prober").start()
         self._set(server_pid=proc.pid, state="starting", phase="starting", phase_detail="process started",
                   compile_elapsed_s=None, ready_at=None)
@@ -306,6 +345,8 @@ class Supervisor:
         return Outcome.STARTUP_TIMEOUT
 
     def _became_ready(self, gate: readiness.GateResult) -> None:
+        if self.memguard is not None:
+            self.memguard.set_phase("serving")
         self._set(state="ready", phase="ready", ready_at=time.time(), phase_detail=gate.detail)
         self.notifier.send("READY=1", f"STATUS=ready: {self.status.url} serves {self.plan.served_name}")
         self.reporter.ready(self.status, gate)
@@ -327,6 +368,8 @@ class Supervisor:
                 return Outcome.RESTART
             if self.done_code is not None:
                 return Outcome.DONE
+            if self.guard_stop is not None:
+                return Outcome.MEMGUARD
             if run.proc.poll() is not None:
                 return Outcome.EXITED
             if run.liveness_failures >= sup.liveness_failures:
@@ -339,13 +382,20 @@ class Supervisor:
     def _end(self, run: ServerRun, outcome: Outcome) -> int:
         """End the server's whole session (also after it exited: its workers may live on) and
         join the pump, so the last lines (often the error) are read before judging."""
-        if outcome in (Outcome.STOP, Outcome.DONE):
-            self._set(state="draining", phase_detail=f"SIGTERM to the server, {self.plan.supervision.grace_s:.0f} s grace")
+        grace = self.plan.supervision.grace_s
+        if outcome in (Outcome.STOP, Outcome.DONE, Outcome.MEMGUARD):
+            self._set(state="draining", phase_detail=f"SIGTERM to the server, {grace:.0f} s grace")
             self.notifier.send("STOPPING=1")
         elif outcome in (Outcome.RESTART, Outcome.UNHEALTHY, Outcome.STARTUP_TIMEOUT):
             self.reporter.message(f"restarting the server ({outcome.value})")
+        if outcome == Outcome.MEMGUARD:
+            self.reporter.message(f"memory guard: draining the server: {self.guard_stop}")
+        if self.memguard is not None:
+            self.memguard.set_phase("draining", drain_deadline=time.monotonic() + grace)
         run.ended.set()
-        code = end_session(run.proc, self.plan.supervision.grace_s, on_kill=self.reporter.message)
+        # Time passes in the loop, so the guard keeps sampling and can cut the drain short.
+        code = end_session(run.proc, grace, on_kill=self.reporter.message, wait=self._wait,
+                           kill_now=lambda: self.guard_kill)
         run.pump.join(timeout=5)
         self._drain_events()
         return code
@@ -354,6 +404,8 @@ class Supervisor:
         evidence = self.evidence(run.started)
         if outcome in (Outcome.UNHEALTHY, Outcome.STARTUP_TIMEOUT):
             verdict = ExitVerdict(kind="crash", restart=True, summary=f"{outcome.value.replace('-', ' ')}; killed")
+        elif outcome == Outcome.MEMGUARD:
+            verdict = ExitVerdict(kind="memguard", restart=False, summary=f"stopped by the memory guard: {self.guard_stop}")
         else:
             verdict = classify_exit(ExitEvidence(returncode=run.proc.returncode, log_error_kinds=run.phases.error_kinds,
                                                  stopping=outcome == Outcome.RESTART, **evidence))
@@ -362,15 +414,35 @@ class Supervisor:
             report = PostMortem(verdict=verdict, returncode=run.proc.returncode,
                                 uptime_s=round(time.time() - run.started, 1), phase=run.phases.phase,
                                 errors=run.phases.errors, evidence=evidence, log_tail=list(run.tail)[-50:],
-                                command=self.plan.command)
+                                command=self.plan.command, blackbox=self._blackbox_summary())
             postmortem = str(self.rundir.write_postmortem(report))
         self._set(last_exit=verdict.summary)
         self.reporter.exited(verdict, postmortem)
         return verdict, postmortem
 
+    def _blackbox_summary(self) -> dict | None:
+        if self.memguard is None or self.memguard.blackbox is None:
+            return None
+        self.memguard.blackbox.flush()
+        return read_box(self.memguard.blackbox.directory).summary()
+
     # -- the loop --------------------------------------------------------------------------------
     def run(self) -> int:
         """Supervise until stopped or given up; returns the exit code for baldr-ops."""
+        if self.memguard is not None:
+            self.memguard.blackbox.start(port=self.plan.port, model=self.plan.model, mode=self.memguard.config.mode,
+                                         load_floor=self.memguard.config.load_floor,
+                                         serve_floor=self.memguard.config.serve_floor)
+            self.memguard.start()
+            self._set(memguard=self.memguard.status)
+        try:
+            return self._supervise()
+        finally:
+            if self.memguard is not None:
+                self.memguard.stop()
+                self.memguard.blackbox.end(state=self.status.state, last_exit=self.status.last_exit)
+
+    def _supervise(self) -> int:
         attempt = 0
         while True:
             run = self._start()

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from baldr_ops.engines.max.command import EngineOptions
 from baldr_ops.plan.guard import GuardDecision
+from baldr_ops.plan.memguard import MemGuardPlan
 
 
 class Supervision(BaseModel):
@@ -47,6 +48,9 @@ class LaunchRequest(BaseModel):
     force: bool = False
     precompiled: Path | None = None      # a `baldr-ops compile --export` bundle to start from
     telemetry: bool = False              # MAX's usage telemetry to Modular (off unless asked)
+    memguard: str = "auto"               # auto | on | off | dry-run
+    load_floor: str | None = None        # MemFree floor while loading (default: scaled to the machine)
+    serve_floor: str | None = None       # MemAvailable floor while serving
     extra_args: list[str] = Field(default_factory=list)
     supervision: Supervision = Supervision()
 
@@ -74,4 +78,5 @@ class LaunchPlan(BaseModel):
     guard: GuardDecision
     shim: str | None = None
     memory_cap: str | None = None
+    memguard: MemGuardPlan | None = None
     supervision: Supervision = Supervision()

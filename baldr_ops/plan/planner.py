@@ -21,6 +21,7 @@ from baldr_ops.models.demo import DEMO_NAME, ensure_demo_model
 from baldr_ops.models.footprint import estimate_footprint
 from baldr_ops.plan.fit import floor_bytes, judge_fit
 from baldr_ops.plan.guard import decide_guard
+from baldr_ops.plan.memguard import decide_memguard
 from baldr_ops.plan.model import Hardware, LaunchPlan, LaunchRequest
 from baldr_ops.system.meminfo import read_meminfo
 from baldr_ops.system.nvml import read_gpu_summary
@@ -65,9 +66,8 @@ def check_encoding(devices: str, dtypes: set[str], encoding: str | None) -> None
                         hint="convert the weights to float32, or serve on a GPU (--devices gpu)")
 
 
-def check_memory(footprint, floor: str, force: bool) -> str:
+def check_memory(meminfo, footprint, floor: str, force: bool) -> str:
     """The shared fit judgement; CRIT stops the launch unless --force."""
-    meminfo = read_meminfo()
     verdict = judge_fit(meminfo, footprint, floor_bytes(floor, meminfo))
     if verdict.status == "CRIT" and not force:
         raise UserError(f"the model does not fit in memory (headroom {verdict.headroom_text()})", hint=verdict.hint)
@@ -103,7 +103,12 @@ def plan_launch(request: LaunchRequest, progress=lambda _msg: None,
     footprint = estimate_footprint(model_path)
     check_encoding(devices, set(footprint.dtypes), request.quantization_encoding)
     notes.append(f"model {served_name}: {footprint.summary()}")
-    notes.append("memory " + check_memory(footprint, request.floor, request.force))
+    meminfo = read_meminfo()
+    notes.append("memory " + check_memory(meminfo, footprint, request.floor, request.force))
+    memguard = decide_memguard(request.memguard, bool(hardware.gpu and hardware.unified and devices.startswith("gpu")),
+                               meminfo.total if meminfo.available else None, model_path,
+                               request.load_floor, request.serve_floor)
+    notes.append(memguard.note())
 
     guard = decide_guard(request.guard, hardware.compute_capability if devices.startswith("gpu") else None,
                          quirks.has_sample_on_host)
@@ -145,5 +150,5 @@ def plan_launch(request: LaunchRequest, progress=lambda _msg: None,
         command=serve_command(options, ServeBinding(host=request.host, port=request.port), python=sys.executable),
         options=options,
         env=env, host=request.host, port=request.port, served_name=served_name, model=str(model_path),
-        guard=guard, shim=shim_path, memory_cap=request.cap, supervision=request.supervision)
+        guard=guard, shim=shim_path, memory_cap=request.cap, memguard=memguard, supervision=request.supervision)
     return plan, notes

@@ -13,6 +13,12 @@ Behaviour from the environment:
   FAKE_FLOOD_LINES      print this many numbered lines while compiling (every other one a "Still
                         compiling" progress line) and as many again once serving, each burst
                         ended by FLOOD_DONE <n>: a blocked pipe would stall it
+  FAKE_SLOW_S           a POST with "slow" in its prompt starts a runaway: FAKE_ALLOC_MIB_PER_S
+                        of anonymous memory every second (touched, so it is really used), at
+                        most FAKE_ALLOC_CAP_MIB. The slow request is answered when SIGTERM comes
+                        (a drain lets in-flight work finish), at the latest after FAKE_SLOW_S;
+                        SIGTERM does not stop the runaway (it prints "ANSWERED slow" when the
+                        slow answer is sent)
 It forks one "worker" child in the same session, as MAX does, and prints its pid.
 """
 
@@ -90,8 +96,41 @@ def main():
             request = json.loads(self.rfile.read(length) or b"{}")
             if request.get("model") != name:
                 return self._json(400, {"error": {"message": "Value error."}})
+            slow = "slow" in json.dumps(request.get("messages", []))
+            if slow and os.environ.get("FAKE_SLOW_S"):
+                runaway.set()
+                terminated.wait(float(os.environ["FAKE_SLOW_S"]))
+                time.sleep(0.5)
             self._json(200, {"choices": [{"finish_reason": "stop", "index": 0,
                                           "message": {"role": "assistant", "content": "Paris."}}]})
+            if slow:
+                print("ANSWERED slow", flush=True)
+
+    runaway = threading.Event()
+    terminated = threading.Event()
+
+    def allocate():
+        runaway.wait()
+        step = int(os.environ.get("FAKE_ALLOC_MIB_PER_S", "512")) << 20
+        cap = int(os.environ.get("FAKE_ALLOC_CAP_MIB", "4096")) << 20
+        held = []
+        while sum(len(b) for b in held) + step <= cap:
+            block = bytearray(step)
+            for i in range(0, step, 4096):  # touch every page: anonymous memory really in use
+                block[i] = 1
+            held.append(block)
+            print(f"ALLOCATED {sum(len(b) for b in held) >> 20} MiB", flush=True)
+            time.sleep(1.0)
+        threading.Event().wait()  # hold it
+
+    if os.environ.get("FAKE_SLOW_S"):
+        # A runaway does not stop on SIGTERM: it says so and goes on (its requests still finish).
+        def on_term(*_):
+            print("SIGTERM received, still allocating", flush=True)
+            terminated.set()
+
+        signal.signal(signal.SIGTERM, on_term)
+        threading.Thread(target=allocate, daemon=True).start()
 
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -108,6 +147,7 @@ def main():
             if os.environ.get("FAKE_LEAVE_WORKER") != "1":  # MAX's workers outlive a killed parent
                 os.kill(worker, signal.SIGKILL)
             sys.exit(int(os.environ.get("FAKE_EXIT_CODE", "1")))
+
 
 
 if __name__ == "__main__":
