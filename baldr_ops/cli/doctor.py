@@ -45,6 +45,9 @@ def register(subparsers) -> None:
                      help="write the files read, kernel-log lines and NVML answers to a bundle for replay")
     src.add_argument("--cgroup", metavar="PATH",
                      help="judge this cgroup (e.g. /system.slice/max.service) instead of doctor's own")
+    src.add_argument("--blackbox", metavar="DIR",
+                     help="judge this memory-guard black box (or a directory of them) for an unclean end; "
+                          "default on this machine: every box under ~/.local/state/baldr-ops/blackbox")
     plan = p.add_argument_group("model fit")
     plan.add_argument("--model", metavar="PATH",
                       help="a safetensors/GGUF model directory or file: estimate its footprint and add mem.available.vs_plan")
@@ -111,6 +114,9 @@ def _run(args) -> int:
     from baldr_ops.sizes import parse_spec
 
     floor = parse_spec(args.floor, "--floor")  # a percentage is of MemTotal, resolved per sample
+    if args.blackbox and not __import__("os").path.isdir(args.blackbox):
+        raise UserError(f"--blackbox {args.blackbox} is not a directory",
+                        hint="give a black box directory (or the directory holding several)")
     if args.snapshot and args.watch:
         raise UserError("--snapshot writes one bundle; it cannot be combined with --watch")
 
@@ -149,6 +155,33 @@ def _run(args) -> int:
                 return code
 
 
+def _blackbox_check(args, root: str):
+    """``launch.unclean`` over the boxes asked for (--blackbox), or this machine's. A snapshot keeps
+    the verdict (.baldr/blackbox.json) so that a replay gives the same one."""
+    import json
+    import os
+
+    from baldr_ops.doctor.checks import Check, check_blackboxes
+    from baldr_ops.paths import blackbox_root
+    from baldr_ops.system import _io
+
+    if not args.blackbox and not _io.is_live(root):
+        captured = _io.read_captured(root, "blackbox.json")
+        return Check(**json.loads(captured)) if captured else None
+    base = args.blackbox or str(blackbox_root())
+    if not os.path.isdir(base):  # never launched with a guard here: nothing to read, cheaply
+        check = check_blackboxes([], base)
+    else:
+        from baldr_ops.memguard.blackbox import find_boxes, read_box
+
+        try:
+            check = check_blackboxes([read_box(d) for d in find_boxes(base)], base)
+        except OSError:
+            check = check_blackboxes(None, base)
+    _io.capture("blackbox.json", json.dumps(check.to_dict()))
+    return check
+
+
 def _once(args, root: str, footprint, floor, stream) -> int:
     from baldr_ops.doctor import render
     from baldr_ops.doctor.checks import run_checks
@@ -162,11 +195,14 @@ def _once(args, root: str, footprint, floor, stream) -> int:
         if recorder is not None:
             with recorder:
                 snap = take_snapshot(root, args.interval, cgroup=args.cgroup, recorder=recorder)
+                blackboxes = _blackbox_check(args, root)
         else:
             snap = take_snapshot(root, args.interval, cgroup=args.cgroup)
+            blackboxes = _blackbox_check(args, root)
     except KeyboardInterrupt:
         raise
-    checks = run_checks(snap, footprint=footprint, floor_bytes=floor_bytes(floor.text, snap.meminfo))
+    checks = run_checks(snap, footprint=footprint, floor_bytes=floor_bytes(floor.text, snap.meminfo),
+                        blackboxes=blackboxes)
     doc = render.report_dict(snap, checks, args.fail_on, footprint)
     if args.snapshot:
         try:

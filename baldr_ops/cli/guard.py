@@ -52,7 +52,7 @@ def run(args) -> int:
     from baldr_ops.memguard.reclaim import may_write_vm
     from baldr_ops.memguard.watch import default_box_name, exit_code, run_guarded
     from baldr_ops.paths import blackbox_root
-    from baldr_ops.plan.memguard import decide_memguard, weight_files
+    from baldr_ops.plan.memguard import decide_memguard, guard_floors, weight_files
     from baldr_ops.system.meminfo import read_meminfo
     from baldr_ops.system.nvml import read_gpu_summary
 
@@ -76,8 +76,9 @@ def run(args) -> int:
         files += weight_files(path)
     meminfo = read_meminfo()
     gpu = read_gpu_summary()
-    plan = decide_memguard(args.memguard, bool(gpu.present and gpu.unified), meminfo.total if meminfo.available else None,
-                           Path("."), args.load_floor, args.serve_floor)
+    floors = guard_floors(args.memguard, meminfo.total if meminfo.available else None, args.load_floor,
+                          args.serve_floor)
+    plan = decide_memguard(args.memguard, bool(gpu.present and gpu.unified), floors, Path("."))
     plan = plan.model_copy(update={"weight_files": files})
     name = args.name or default_box_name(argv)
     if not re.fullmatch(r"[A-Za-z0-9._-]{1,80}", name):

@@ -50,18 +50,26 @@ def _floor(text: str | None, what: str, default: int, total: int) -> int:
     return value
 
 
-def decide_memguard(requested: str, unified_gpu: bool, mem_total: int | None, model: Path,
-                    load_floor: str | None = None, serve_floor: str | None = None) -> MemGuardPlan:
-    """auto: on for a unified-memory GPU (where a flood of page cache wedges the host), dry-run
-    elsewhere (it logs what it would do)."""
+def guard_floors(requested: str, mem_total: int | None, load_floor: str | None = None,
+                 serve_floor: str | None = None) -> tuple[int, int] | None:
+    """The floors in bytes (None: no meminfo, the guard stays off). Cheap and early: preflight
+    checks them before anything slow."""
     if requested not in MEMGUARD_MODES:
         raise UserError(f"--memguard {requested!r} is not a mode", hint=f"choose one of: {', '.join(MEMGUARD_MODES)}")
     if mem_total is None:
         if requested == "on":
             raise UserError("--memguard on needs /proc/meminfo, which cannot be read here")
+        return None
+    return (_floor(load_floor, "--load-floor", default_load_floor(mem_total), mem_total),
+            _floor(serve_floor, "--serve-floor", default_serve_floor(mem_total), mem_total))
+
+
+def decide_memguard(requested: str, unified_gpu: bool, floors: tuple[int, int] | None, model: Path) -> MemGuardPlan:
+    """auto: on for a unified-memory GPU (where a flood of page cache wedges the host), dry-run
+    elsewhere (it logs what it would do)."""
+    if floors is None:
         return MemGuardPlan(mode="off", reason="/proc/meminfo cannot be read", load_floor=0, serve_floor=0)
-    loads = _floor(load_floor, "--load-floor", default_load_floor(mem_total), mem_total)
-    serves = _floor(serve_floor, "--serve-floor", default_serve_floor(mem_total), mem_total)
+    loads, serves = floors
     if requested == "auto":
         mode, reason = (("on", "unified-memory GPU") if unified_gpu else
                         ("dry-run", "no unified-memory GPU: logs what it would do"))

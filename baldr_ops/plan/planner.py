@@ -21,7 +21,7 @@ from baldr_ops.models.demo import DEMO_NAME, ensure_demo_model
 from baldr_ops.models.footprint import estimate_footprint
 from baldr_ops.plan.fit import floor_bytes, judge_fit
 from baldr_ops.plan.guard import decide_guard
-from baldr_ops.plan.memguard import decide_memguard
+from baldr_ops.plan.memguard import decide_memguard, guard_floors
 from baldr_ops.plan.model import Hardware, LaunchPlan, LaunchRequest
 from baldr_ops.system.meminfo import read_meminfo
 from baldr_ops.system.nvml import read_gpu_summary
@@ -91,6 +91,10 @@ def plan_launch(request: LaunchRequest, progress=lambda _msg: None,
 
     `check_ports=False` plans for `baldr-ops compile`, which binds nothing: no port checks."""
     notes: list[str] = []
+    meminfo = read_meminfo()
+    floors = guard_floors(request.memguard, meminfo.total if meminfo.available else None, request.load_floor,
+                          request.serve_floor)
+    floor_bytes(request.floor, meminfo)   # a bad --floor is found before anything slow
     quirks = require_max()
     notes.append(f"MAX {quirks.version}")
     if check_ports and not port_free(request.host, request.port):
@@ -103,11 +107,9 @@ def plan_launch(request: LaunchRequest, progress=lambda _msg: None,
     footprint = estimate_footprint(model_path)
     check_encoding(devices, set(footprint.dtypes), request.quantization_encoding)
     notes.append(f"model {served_name}: {footprint.summary()}")
-    meminfo = read_meminfo()
     notes.append("memory " + check_memory(meminfo, footprint, request.floor, request.force))
     memguard = decide_memguard(request.memguard, bool(hardware.gpu and hardware.unified and devices.startswith("gpu")),
-                               meminfo.total if meminfo.available else None, model_path,
-                               request.load_floor, request.serve_floor)
+                               floors, model_path)
     notes.append(memguard.note())
 
     guard = decide_guard(request.guard, hardware.compute_capability if devices.startswith("gpu") else None,

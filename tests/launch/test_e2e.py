@@ -29,7 +29,8 @@ def free_port() -> int:
 
 @pytest.fixture
 def run_env(tmp_path):
-    return {**os.environ, "BALDR_RUN_DIR": str(tmp_path / "runs"), "PYTHONUNBUFFERED": "1"}
+    return {**os.environ, "BALDR_RUN_DIR": str(tmp_path / "runs"), "BALDR_STATE_DIR": str(tmp_path / "state"),
+            "PYTHONUNBUFFERED": "1"}
 
 
 def cli(*args, env, timeout=900, check=True):
@@ -57,15 +58,28 @@ def status(port, env) -> dict:
 
 
 def test_ask_answers_and_leaves_nothing_running(demo_model, run_env):
+    from baldr_ops.memguard.blackbox import read_box
+
     port = free_port()
-    proc = cli("launch", "--port", str(port), "--ask", QUESTION, "--json", env=run_env)
+    # The memory guard on, for real (floors low enough for any CI machine): it samples the whole
+    # load and serve and must not act on a healthy start.
+    proc = cli("launch", "--port", str(port), "--ask", QUESTION, "--json", "--memguard", "on",
+               "--load-floor", "512M", "--serve-floor", "512M", env=run_env)
     answer = json.loads(proc.stdout)
     assert answer["schema_version"] and answer["question"] == QUESTION
     assert "paris" in answer["answer"].lower(), answer
     assert "] ready " in proc.stderr and "preflight" in proc.stderr
+    assert "memory guard: on (--memguard on)" in proc.stderr
     final = status(port, run_env)
     assert final["state"] == "stopped" and not final["alive"]
     assert session_members(final["server_pid"]) == []
+    guard = final["memguard"]
+    assert guard["actions"] == {} and guard["unknown"] in ([], ["kernel_log"])
+    box = read_box(guard["blackbox"])
+    assert box.clean and box.ended["state"] == "stopped"
+    phases = {r["phase"] for r in box.records if r["kind"] == "sample"}
+    assert {"loading", "serving"} <= phases
+    assert not any(r["kind"] == "action" for r in box.records)
 
 
 def test_detached_serving_guard_restart_and_stop(demo_model, run_env):
