@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -25,7 +26,10 @@ from baldr_ops.engines.max.command import warm_cache_command
 from baldr_ops.engines.max.quirks import require_max
 from baldr_ops.engines.max.warmth import MEF_CACHE_GLOB, cache_entries_for_mefs, cache_warm, record_compiled
 from baldr_ops.errors import UserError
-from baldr_ops.paths import compile_log_path, modular_cache_dir
+from baldr_ops.memguard.blackbox import BlackBox
+from baldr_ops.memguard.reclaim import may_write_vm
+from baldr_ops.memguard.runtime import GuardRuntime, MemGuardStatus
+from baldr_ops.paths import blackbox_root, compile_log_path, modular_cache_dir
 from baldr_ops.plan.guard import decide_guard
 from baldr_ops.plan.planner import plan_launch
 from baldr_ops.schema import Document
@@ -53,6 +57,27 @@ class CompileReport(Document):
     preflight: list[str] = Field(default_factory=list)   # launch's preflight notes, shown as it goes
     notes: list[str] = Field(default_factory=list)       # what compile found and did
     log: str | None = None
+    memguard: MemGuardStatus | None = None    # the load guard while MAX loaded the weights and compiled
+
+
+@contextlib.contextmanager
+def _load_guard(plan, say, report: CompileReport):
+    """Compiling loads the weights: the load guard watches it as it watches a launch's start."""
+    mg = plan.memguard
+    if mg is None or mg.mode == "off":
+        yield
+        return
+    box = BlackBox(blackbox_root() / "compile")
+    guard = GuardRuntime(mg.config(drop_caches_permitted=may_write_vm()), mg.weight_files, blackbox=box,
+                         reason=mg.reason, log=say)
+    box.start(command="compile", model=plan.model, mode=mg.mode, load_floor=mg.load_floor)
+    guard.run_alone()
+    try:
+        yield
+    finally:
+        guard.stop()
+        box.end()
+        report.memguard = guard.status
 
 
 def _log_path() -> Path:
@@ -140,7 +165,8 @@ def compile_model(request, export: Path | None = None, import_dir: Path | None =
         if use.used:
             say("loading the bundle's graphs (no compile expected)")
             command = warm_cache_command(options.model_copy(update={"extra_args": options.extra_args + use.serve_args}))
-            run = run_compile(command, {**env, **use.env}, reporter, _log_path())
+            with _load_guard(plan, say, report):
+                run = run_compile(command, {**env, **use.env}, reporter, _log_path())
             if run.returncode != 0:
                 raise _failed(run)
             report.action, report.seconds, report.compile_times, report.log = \
@@ -174,7 +200,8 @@ def compile_model(request, export: Path | None = None, import_dir: Path | None =
                 raise UserError("--target needs a MEF bundle (MAX >= 26.7, --payload auto or mefs)")
             extra += ["--target", target]
         command = warm_cache_command(options.model_copy(update={"extra_args": options.extra_args + extra}))
-        run = run_compile(command, env, reporter, _log_path())
+        with _load_guard(plan, say, report):
+            run = run_compile(command, env, reporter, _log_path())
         if run.returncode != 0:
             raise _failed(run)
         report.action, report.seconds, report.compile_times, report.log = \

@@ -92,6 +92,7 @@ class GuardRuntime:
         self._reclaiming = threading.Lock()
         self._inbox: queue.SimpleQueue | None = None   # run_alone: the sampler thread's own events
         self.last_latency_s: float | None = None   # sample taken -> action started, for the bench
+        self.last_action_at: float | None = None
         self.sample_error: str | None = None
 
     # -- the sampler thread ----------------------------------------------------------------------
@@ -173,7 +174,8 @@ class GuardRuntime:
         taken = [a for a in decision.actions if a not in RECLAIM or self.config.mode != "on"]
         if reclaim and self.config.mode == "on":
             if self._start_reclaim(reclaim, sample):
-                self.last_latency_s = self.clock() - sample.t
+                self.last_action_at = self.clock()
+                self.last_latency_s = self.last_action_at - sample.t
                 taken += reclaim
             else:
                 self.log("memguard: the previous reclaim is still running; skipped " + "+".join(reclaim))

@@ -42,7 +42,9 @@ def env(tmp_path):
 @pytest.fixture(scope="module")
 def demo_bundle(demo_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("bundle") / "smollm2"
-    proc = cli("compile", "--export", str(out), "--json", env={**os.environ, "PYTHONUNBUFFERED": "1"}, timeout=1200)
+    state = tmp_path_factory.mktemp("state")
+    proc = cli("compile", "--export", str(out), "--json", "--memguard", "dry-run", "--load-floor", "512M",
+               env={**os.environ, "PYTHONUNBUFFERED": "1", "BALDR_STATE_DIR": str(state)}, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out, json.loads(proc.stdout), proc.stderr
 
@@ -53,6 +55,9 @@ def test_compile_exports_a_verified_bundle(demo_bundle, env):
     assert report["action"] == "compiled" and report["bundle_payload"] == "mefs" and report["bundle_files"] >= 3
     assert report["cache_warm"] is True, report         # this machine's cache now holds the graphs
     assert "compiling" in stderr                        # live phases, as launch shows them
+    # The load guard watched the compile (dry-run here: it would only log) and its box is complete.
+    assert report["memguard"]["mode"] == "dry-run" and report["memguard"]["phase"] == "loading"
+    assert report["memguard"]["mem_available"] > 0
     manifest = json.loads((bundle / "baldr-bundle.json").read_text())
     assert manifest["max_version"] == report["max_version"] and manifest["device"]["kind"] == "cpu"
     assert any(name.endswith(".mef") for name in manifest["files"])
