@@ -10,6 +10,8 @@ Behaviour from the environment:
   FAKE_IGNORE_TERM      "1": ignore SIGTERM (the supervisor must KILL after the grace period)
   FAKE_MARKER           file whose content counts the starts (one line appended per start)
   FAKE_LEAVE_WORKER     "1": exit without ending the worker (it is orphaned, as MAX's are)
+  FAKE_LIFETIME_S       exit (with the worker) after this long whatever happens: a test that dies
+                        must not leave a runaway holding gigabytes
   FAKE_FLOOD_LINES      print this many numbered lines while compiling (every other one a "Still
                         compiling" progress line) and as many again once serving, each burst
                         ended by FLOOD_DONE <n>: a blocked pipe would stall it
@@ -138,9 +140,13 @@ def main():
     if flood:
         burst(2)
     exit_after = os.environ.get("FAKE_EXIT_AFTER_S")
+    lifetime = float(os.environ.get("FAKE_LIFETIME_S", "0"))
     start = time.monotonic()
     while True:
         time.sleep(0.05)
+        if lifetime and time.monotonic() - start > lifetime:
+            os.kill(worker, signal.SIGKILL)
+            os._exit(99)
         if exit_after and time.monotonic() - start > float(exit_after):
             if os.environ.get("FAKE_FAIL_LOG"):
                 print(os.environ["FAKE_FAIL_LOG"], flush=True)
