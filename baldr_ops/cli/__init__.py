@@ -1,8 +1,10 @@
 """`baldr-ops` command line: argument parsing and dispatch only.
 
 Each sub-command lives in its own module here with ``register(subparsers)``; those modules import
-nothing heavy at module level, so ``--help`` and ``doctor`` stay fast. The work itself is done by the
-library layers the command's ``run`` imports when it is called.
+nothing heavy at module level. A command line that names its command registers that command's
+module alone (``doctor`` never imports the research CLIs); ``--help``, no command or an unknown
+one registers them all. The work itself is done by the library layers the command's ``run``
+imports when it is called.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from baldr_ops.errors import UserError
 
 # Order is the order shown in --help.
 COMMAND_MODULES = ("doctor", "shim", "launch", "runs", "compile", "guard", "sae", "memory")
+# The commands a module registers, where they are not the module's own name.
+MODULE_OF = {"status": "runs", "stop": "runs", "logs": "runs", "systemd-unit": "runs"}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="baldr-ops",
         description=(
@@ -30,19 +34,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"baldr-ops {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"baldr_ops.cli.{name}")
-        except ModuleNotFoundError as exc:  # a command whose module is not written yet
-            if exc.name != f"baldr_ops.cli.{name}":
-                raise
-            continue
-        module.register(subparsers)
+    for name in (only,) if only else COMMAND_MODULES:
+        importlib.import_module(f"baldr_ops.cli.{name}").register(subparsers)
     return parser
 
 
+def _module_for(argv: list[str]) -> str | None:
+    """The module of the command named on the line, when the line names one."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    if first is None or argv[:argv.index(first)]:   # options before the command (--version, -h)
+        return None
+    module = MODULE_OF.get(first, first)
+    return module if module in COMMAND_MODULES else None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_module_for(argv))
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -70,7 +70,6 @@ def run(args) -> int:
 
 def _resolve_root(args, stack) -> str:
     import os
-    import tempfile
 
     from baldr_ops.errors import UserError
     from baldr_ops.system.snapshot import extract_bundle
@@ -87,6 +86,8 @@ def _resolve_root(args, stack) -> str:
         if args.replay:
             raise UserError(f"--replay takes a .tar.gz bundle, {source} is a directory", hint=f"use --root {source}")
         return source
+    import tempfile  # only here: a live run needs no temporary directory
+
     tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="baldr-replay-"))
     try:
         return extract_bundle(source, tmp)

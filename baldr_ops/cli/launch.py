@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 
@@ -174,6 +173,8 @@ def _detach(args, port: int, reporter: ConsoleReporter) -> int:
     argv = [a for a in sys.argv[1:] if a != "--detach"] if sys.argv[1:2] == ["launch"] else None
     if argv is None:
         raise UserError("--detach needs to be run from the baldr-ops command line")
+    import subprocess  # only here: registering the CLI must stay cheap
+
     with open(rundir.path / "supervisor.log", "ab") as out:  # the child keeps its own descriptor
         child = subprocess.Popen([sys.executable, "-m", "baldr_ops", *argv], stdin=subprocess.DEVNULL, stdout=out,
                                  stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ})

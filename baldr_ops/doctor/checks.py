@@ -7,7 +7,7 @@ UNKNOWN with the reason, never OK. ``check_plan_fit`` renders the fit judgement 
 
 from __future__ import annotations
 
-from baldr_ops.system._record import Record, factory
+from dataclasses import dataclass, field
 
 from baldr_ops.doctor.thresholds import GIB, KNOWN_ISSUES, RULES
 from baldr_ops.plan.fit import CHECK_ID as FIT_CHECK_ID
@@ -20,15 +20,16 @@ RANK = {OK: 0, INFO: 1, UNKNOWN: 2, WARN: 3, CRIT: 4}
 DOC_URL = "docs/doctor.md#{anchor}"
 
 
-class Check(Record):
+@dataclass
+class Check:
     id: str
     status: str
     value: float | int | str | None = None
     unit: str = ""
-    evidence: dict = factory(dict)
+    evidence: dict = field(default_factory=dict)
     hint: str | None = None
     title: str = ""
-    thresholds: dict = factory(dict)
+    thresholds: dict = field(default_factory=dict)
     source: str = ""
     doc_url: str = ""
 
@@ -102,10 +103,9 @@ def check_swap_used(snap, mem_available_pct: float | None) -> Check:
     if total == 0:
         return make("swap.used", OK, 0.0, {"SwapTotal_GiB": 0.0, "note": "no swap configured (see swap.absent)"})
     r = RULES["swap.used"]
-    used = pct(total - free, total)
-    free_pct = 100.0 - used
+    used = pct(total - free, total)   # both levels are % used
     ev = {"SwapTotal_GiB": gib(total), "SwapFree_GiB": gib(free), "mem_available_pct": mem_available_pct}
-    if free_pct <= r["crit"] and mem_available_pct is not None and mem_available_pct <= RULES["mem.available"]["crit"]:
+    if used >= r["crit"] and mem_available_pct is not None and mem_available_pct <= RULES["mem.available"]["crit"]:
         status = CRIT
     elif used >= r["warn"]:
         status = WARN

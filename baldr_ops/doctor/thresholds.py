@@ -28,9 +28,9 @@ RULES: dict[str, dict] = {
              "is a diagnostic, not a routine step",
         source="NVIDIA xr-ai troubleshooting (MemAvailable >> MemFree = cache pressure); vllm#35313"),
     "swap.used": dict(
-        title="Swap exhaustion", unit="%", warn=90.0, crit=5.0,
+        title="Swap exhaustion", unit="%", warn=90.0, crit=95.0,
         how="1 - SwapFree/SwapTotal (only when SwapTotal > 0)",
-        warn_text=">= 90 % used", crit_text="SwapFree <= 5 % and mem.available <= 5 %",
+        warn_text=">= 90 % used", crit_text=">= 95 % used and mem.available <= 5 %",
         hint="swap is nearly full: find the largest users with `smem -s swap` or `top -o SWAP`",
         source="systemd-oomd SwapUsedLimit=90%; oomd desktop swap_free 10; earlyoom -s 10,5"),
     "swap.absent": dict(

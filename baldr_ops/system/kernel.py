@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from baldr_ops.system._record import Record, factory
+from dataclasses import dataclass, field
 
 from baldr_ops.system._io import capture, is_live, read_captured, read_text
 
@@ -30,7 +30,8 @@ def relevant(message: str) -> bool:
     return any(p in message for p in USERSPACE_KILL_PATTERNS) and ("Killed" in message or "SIG" in message)
 
 
-class KernelLine(Record):
+@dataclass
+class KernelLine:
     ts: float | None      # seconds since boot, when known
     text: str
 
@@ -38,12 +39,13 @@ class KernelLine(Record):
         return f"[{self.ts:12.6f}] {self.text}" if self.ts is not None else self.text
 
 
-class KernelLog(Record):
+@dataclass
+class KernelLog:
     """The memory/GPU-relevant kernel-log lines of the current boot; ``available`` False with ``error``."""
 
     available: bool = False
     source: str = "none"
-    lines: list[KernelLine] = factory(list)
+    lines: list[KernelLine] = field(default_factory=list)
     scanned: int = 0
     error: str | None = None
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from baldr_ops.system._record import Record, factory
+from dataclasses import dataclass, field
 
 from baldr_ops.system import _io
 from baldr_ops.system.buddyinfo import BuddyInfo, read_buddyinfo
@@ -33,17 +33,19 @@ from baldr_ops.system.zram import CompressedSwap, read_compressed_swap
 BUNDLE_MAX_BYTES = 64 * 1024 * 1024
 
 
-class Rates(Record):
+@dataclass
+class Rates:
     """Per-second deltas between the two samples. ``None`` fields: not available."""
 
     interval_s: float
-    vmstat: dict[str, float] = factory(dict)        # counter -> per second
+    vmstat: dict[str, float] = field(default_factory=dict)        # counter -> per second
     psi_some_stall_pct: float | None = None                       # Δtotal / Δt, in percent
     psi_full_stall_pct: float | None = None
-    cgroup_events: dict[str, int] = factory(dict)   # memory.events deltas
+    cgroup_events: dict[str, int] = field(default_factory=dict)   # memory.events deltas
 
 
-class Snapshot(Record):
+@dataclass
+class Snapshot:
     root: str
     time: float
     meminfo: MemInfo
@@ -59,7 +61,7 @@ class Snapshot(Record):
     nvml: NvmlInfo
     platform: PlatformInfo
     rates: Rates | None = None      # None: single sample (interval 0)
-    meta: dict = factory(dict)
+    meta: dict = field(default_factory=dict)
 
 
 def _rates(interval: float, v1: dict | None, v2: dict | None, p1: Psi, p2: Psi,
