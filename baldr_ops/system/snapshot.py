@@ -203,14 +203,20 @@ def extract_bundle(path: str, into: str) -> str:
             if total > BUNDLE_MAX_BYTES:
                 raise ValueError(f"{path} is larger than {BUNDLE_MAX_BYTES >> 20} MiB unpacked")
             dest = os.path.join(into, name)
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            try:
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
+            except (FileExistsError, NotADirectoryError):
+                raise ValueError(f"{path} has a file where {name!r} needs a directory") from None
             try:
                 src = tar.extractfile(m)
                 data = src.read() if src else b""
             except (OSError, tarfile.TarError, EOFError) as exc:
                 raise ValueError(f"{path} is truncated or corrupt ({exc})") from None
-            with open(dest, "wb") as fh:
-                fh.write(data)
+            try:
+                with open(dest, "wb") as fh:
+                    fh.write(data)
+            except IsADirectoryError:
+                raise ValueError(f"{path} has {name!r} both as a file and as a directory") from None
     if not os.path.exists(os.path.join(into, _io.CAPTURE_DIR, "meta.json")):
         raise ValueError(f"{path} is not a baldr-ops snapshot (no {_io.CAPTURE_DIR}/meta.json)")
     return into

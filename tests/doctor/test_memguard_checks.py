@@ -119,3 +119,4 @@ def test_snapshot_keeps_the_black_box_verdict_for_replay(tmp_path):
     rc2, doc2 = cli_json("--replay", str(bundle))
     assert check(doc1, "launch.unclean") == check(doc2, "launch.unclean")
     assert check(doc2, "launch.unclean")["status"] == "WARN" and env
+
