@@ -13,8 +13,30 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import psutil
+
+
+# Events an owner loop receives about its child, from the threads that watch it.
+
+@dataclass(frozen=True)
+class LogLine:
+    """A line of the child's output (from the pump that reads it)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class PumpEnded:
+    """The child's output closed: it exited, or is about to."""
+
+
+@dataclass(frozen=True)
+class SignalReceived:
+    """A signal to the owner itself (its handler only queues this)."""
+
+    signum: int
 
 
 def session_members(sid: int) -> list[psutil.Process]:

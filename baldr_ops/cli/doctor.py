@@ -184,6 +184,7 @@ def _blackbox_check(args, root: str):
 
 
 def _once(args, root: str, footprint, floor, stream) -> int:
+    from baldr_ops.atomic import atomic_write
     from baldr_ops.doctor import render
     from baldr_ops.doctor.checks import run_checks
     from baldr_ops.errors import UserError
@@ -212,7 +213,7 @@ def _once(args, root: str, footprint, floor, stream) -> int:
             raise UserError(f"cannot write snapshot {args.snapshot}: {exc.strerror or exc}") from None
     if args.prometheus:
         try:
-            render.write_atomic(args.prometheus, render.prometheus_text(doc, snap))
+            atomic_write(args.prometheus, render.prometheus_text(doc, snap))
         except OSError as exc:
             raise UserError(f"cannot write {args.prometheus}: {exc.strerror or exc}",
                             hint="the directory must exist and be writable (node_exporter textfile directory)") from None

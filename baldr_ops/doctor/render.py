@@ -179,23 +179,3 @@ def prometheus_text(doc: dict, snap) -> str:
     metric("baldr_doctor_last_run_timestamp_seconds", "gauge", "When doctor last ran (Unix time).",
            [({}, round(snap.time, 3))])
     return "\n".join(out) + "\n"
-
-
-def write_atomic(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same directory and a rename."""
-    import tempfile
-
-    target = os.path.abspath(path)
-    directory = os.path.dirname(target) or "."
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise

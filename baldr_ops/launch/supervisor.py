@@ -36,7 +36,7 @@ from baldr_ops.memguard.reclaim import may_write_vm
 from baldr_ops.memguard.runtime import GuardRuntime, ReclaimDone, SampleTaken
 from baldr_ops.paths import blackbox_root
 from baldr_ops.plan.model import LaunchPlan
-from baldr_ops.process import end_session
+from baldr_ops.process import LogLine, PumpEnded, SignalReceived, end_session
 from baldr_ops.system.ports import port_open
 
 # MAX log phase -> run state shown to users.
@@ -60,25 +60,10 @@ class Outcome(enum.Enum):
 # -- events: the only thing other threads hand to the main loop ---------------------------------
 
 @dataclass(frozen=True)
-class LogLine:
-    text: str
-
-
-@dataclass(frozen=True)
 class PhaseChange:
     phase: str
     detail: str
     compile_elapsed_s: float | None
-
-
-@dataclass(frozen=True)
-class PumpEnded:
-    pass
-
-
-@dataclass(frozen=True)
-class SignalReceived:
-    signum: int
 
 
 @dataclass(frozen=True)

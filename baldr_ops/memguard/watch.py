@@ -21,22 +21,7 @@ from dataclasses import dataclass
 from baldr_ops.memguard.blackbox import BlackBox
 from baldr_ops.memguard.policy import GuardConfig
 from baldr_ops.memguard.runtime import GuardRuntime, MemGuardStatus
-from baldr_ops.process import end_session
-
-
-@dataclass(frozen=True)
-class _Line:
-    text: str
-
-
-@dataclass(frozen=True)
-class _Signal:
-    signum: int
-
-
-@dataclass(frozen=True)
-class _OutputClosed:
-    pass
+from baldr_ops.process import LogLine, PumpEnded, SignalReceived, end_session
 
 
 @dataclass
@@ -62,11 +47,11 @@ def run_guarded(argv: list[str], config: GuardConfig, weight_files: list[str], b
         def pump():
             for line in proc.stdout:
                 sys.stdout.write(line)
-                events.put(_Line(line))
-            events.put(_OutputClosed())
+                events.put(LogLine(line))
+            events.put(PumpEnded())
 
         threading.Thread(target=pump, daemon=True, name="guard-output").start()
-    previous = {sig: signal.signal(sig, lambda signum, _frame: events.put(_Signal(signum)))
+    previous = {sig: signal.signal(sig, lambda signum, _frame: events.put(SignalReceived(signum)))
                 for sig in (signal.SIGTERM, signal.SIGINT)}
     blackbox.start(command=argv, mode=config.mode, load_floor=config.load_floor, serve_floor=config.serve_floor)
     guard.start()
@@ -74,13 +59,13 @@ def run_guarded(argv: list[str], config: GuardConfig, weight_files: list[str], b
     stop: dict = {"drain": None, "kill": None, "signal": None}
 
     def handle(event) -> None:
-        if isinstance(event, _Signal):
+        if isinstance(event, SignalReceived):
             stop["signal"] = event.signum
-        elif isinstance(event, _Line):
+        elif isinstance(event, LogLine):
             if guard.phase == "loading" and pattern.search(event.text):
                 say("baldr-ops guard: ready (output matched); serve guard from now on")
                 guard.set_phase("serving")
-        elif not isinstance(event, _OutputClosed):
+        elif not isinstance(event, PumpEnded):
             decision = guard.handle_event(event)
             if decision is not None and config.mode == "on":
                 if "drain" in decision.actions and stop["drain"] is None:

@@ -148,7 +148,8 @@ def write_bundle(path: str, recorder: _io.Recorder, snap: Snapshot, extra: dict[
     """Write the files ``recorder`` saw while taking ``snap`` as a .tar.gz, atomically."""
     import io
     import tarfile
-    import tempfile
+
+    from baldr_ops.atomic import atomic_writer
 
     meta = {"tool": "baldr-ops", "time": snap.time, "cgroup": snap.cgroup.memory.path if snap.cgroup.memory else None,
             "interval_s": snap.rates.interval_s if snap.rates else 0, "format": 1}
@@ -156,22 +157,12 @@ def write_bundle(path: str, recorder: _io.Recorder, snap: Snapshot, extra: dict[
     for name, text in (extra or {}).items():
         files[f"{_io.CAPTURE_DIR}/{name}"] = text
     target = os.path.abspath(path)
-    directory = os.path.dirname(target) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".baldr-snapshot-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
-            for name in sorted(files):
-                data = files[name].encode("utf-8")
-                info = tarfile.TarInfo(name)
-                info.size, info.mtime, info.mode = len(data), int(snap.time), 0o644
-                tar.addfile(info, io.BytesIO(data))
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_writer(target, text=False) as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
+        for name in sorted(files):
+            data = files[name].encode("utf-8")
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), int(snap.time), 0o644
+            tar.addfile(info, io.BytesIO(data))
     return target
 
 
