@@ -66,6 +66,16 @@ def register(subparsers) -> None:
     p.add_argument("--grace", type=float, default=30, metavar="S", help="seconds between SIGTERM and SIGKILL (30)")
     p.add_argument("--max-restarts", type=int, default=5, metavar="N", help="restarts before giving up (5)")
     p.add_argument("--no-canary", action="store_true", help="ready at /v1/models, without a canary completion")
+    p.add_argument("--canary-prompt", metavar="TEXT", help="the canary's prompt (default: for the demo 'What is the "
+                   "capital of France?', else a one-word request); its answer is read for degenerate output")
+    p.add_argument("--canary-expect", metavar="REGEX", help="the canary's answer must contain this (case-insensitive "
+                   "regex; the demo's default: Paris); a wrong answer fails readiness with exit 2")
+    p.add_argument("--canary-file", metavar="FILE", help="a JSON canary set for CI: [{\"prompt\": ..., \"expect\": "
+                   "...}, ...]")
+    p.add_argument("--canary-every", metavar="DURATION", help="while serving, ask the canary set again this often "
+                   "(e.g. 10m) and compare with the answers at ready, bit for bit (default: never)")
+    p.add_argument("--on-canary-failure", default="warn", choices=("warn", "restart"),
+                   help="a canary that fails while serving: warn (default) or restart the server")
     p.add_argument("--telemetry", action="store_true", help="let MAX send its usage telemetry to Modular (off)")
     p.add_argument("--detach", action="store_true", help="run in the background; return once ready")
     p.add_argument("--ask", metavar="QUESTION", help="once ready, ask this, print the answer, and stop")
@@ -87,10 +97,12 @@ def _request(args):
         quantization_encoding=args.quantization_encoding, max_length=args.max_length,
         max_batch_size=args.max_batch_size, cap=args.cap, floor=args.floor, guard=args.guard, shim=args.shim,
         force=args.force, telemetry=args.telemetry, memguard=args.memguard, load_floor=args.load_floor,
-        serve_floor=args.serve_floor,
+        serve_floor=args.serve_floor, canary_prompt=args.canary_prompt, canary_expect=args.canary_expect,
+        canary_file=Path(args.canary_file) if args.canary_file else None, canary_every=args.canary_every,
         precompiled=Path(args.precompiled) if args.precompiled else None, extra_args=extra,
         supervision=Supervision(startup_timeout_s=args.startup_timeout, grace_s=args.grace,
-                                max_restarts=args.max_restarts, canary=not args.no_canary))
+                                max_restarts=args.max_restarts, canary=not args.no_canary,
+                                on_canary_failure=args.on_canary_failure))
 
 
 def _evidence_since():

@@ -14,6 +14,8 @@ def register(subparsers) -> None:
                               description="Show each launch (one per port): state, phase, guard, restarts, log.")
     p.add_argument("--port", type=int, help="only this port")
     p.add_argument("--json", action="store_true", help="print JSON (a list of run states)")
+    p.add_argument("--prometheus", metavar="FILE", help="also write launch metrics for node_exporter's textfile "
+                   "collector (atomically): readiness, restarts, canary latency and failures, guard modes")
     p.set_defaults(func=run_status)
 
     p = subparsers.add_parser("stop", help="stop a launched server cleanly",
@@ -70,6 +72,15 @@ def run_status(args) -> int:
     from baldr_ops.launch.runstate import RunStatus
 
     states = _runs(args.port)
+    if args.prometheus:
+        from baldr_ops.atomic import atomic_write
+        from baldr_ops.launch.metrics import exposition
+
+        try:
+            atomic_write(args.prometheus, exposition(states))
+        except OSError as exc:
+            raise UserError(f"cannot write {args.prometheus}: {exc.strerror or exc}",
+                            hint="the directory must exist and be writable (node_exporter textfile directory)") from None
     if args.json:
         print(TypeAdapter(list[RunStatus]).dump_json(states, indent=2).decode())
         return 0
@@ -86,6 +97,13 @@ def run_status(args) -> int:
         if s.guard:
             print(f"  guard    {s.guard.mode}: {s.guard.reason}")
         print(f"  shim     {s.shim or 'not preloaded'}{'; cap ' + s.memory_cap if s.memory_cap else ''}")
+        if s.canary:
+            c = s.canary
+            every = f", every {c.every_s:g} s: {c.checks} checks, {c.failures} failed" if c.every_s else ""
+            answers = "; ".join(repr(a) for a in c.ready_answers) or "not asked yet"
+            print(f"  canary   at ready: {answers}{every}")
+            if c.last_failure:
+                print(f"           last failure: {c.last_failure}")
         if s.memguard:
             print(f"  memguard {s.memguard.line().removeprefix('memguard ')}")
             if s.memguard.last_decision:

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 ExitClass = Literal["clean", "stopped", "kernel-oom", "oomd", "nvrm-oom", "plan-oom", "memguard", "config-error",
-                    "crash"]
+                    "canary", "sampling-kernel", "crash"]
 RESTARTABLE = {"crash"}
 MEMORY_CLASSES = {"kernel-oom", "oomd", "nvrm-oom", "plan-oom", "memguard"}
 
@@ -57,6 +57,9 @@ def classify_exit(ev: ExitEvidence) -> ExitVerdict:
     if "plan-oom" in ev.log_error_kinds or "oom" in ev.log_error_kinds:
         return ExitVerdict(kind="plan-oom", restart=False,
                            summary=f"out of memory while loading ({status}); lower --cap use or free memory")
+    if "topk-kernel" in ev.log_error_kinds:
+        return ExitVerdict(kind="sampling-kernel", restart=False,
+                           summary=f"the sampling kernel failed (modular#6488, CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES; {status})")
     config_kinds = {"encoding", "model-path", "port"} & set(ev.log_error_kinds)
     if config_kinds:
         return ExitVerdict(kind="config-error", restart=False,

@@ -32,6 +32,21 @@ class GuardInfo(BaseModel):
     reason: str
 
 
+class CanaryStatus(BaseModel):
+    """The canary in `status`: what it asks, what it got at ready, how the checks since went."""
+
+    prompts: list[str]
+    expect: list[str | None] = []
+    every_s: float | None = None
+    ready_answers: list[str] = []
+    ready_latency_s: float | None = None
+    checks: int = 0                   # checks while serving
+    failures: int = 0
+    last_check_at: float | None = None
+    last_latency_s: float | None = None
+    last_failure: str | None = None
+
+
 class RunStatus(Document):
     """`baldr-ops status --json`: one launch, as its supervisor last wrote it."""
 
@@ -57,6 +72,7 @@ class RunStatus(Document):
     alive: bool = True               # filled in by readers: is the supervisor still running?
     compile_cache: str | None = None  # filled in by readers: is MAX's compile cache warm for the model?
     memguard: MemGuardStatus | None = None
+    canary: CanaryStatus | None = None
 
 
 class PostMortem(Document):
@@ -72,6 +88,7 @@ class PostMortem(Document):
     log_tail: list[str]
     command: list[str]
     blackbox: dict | None = None     # the memory guard's last minute (after a guard stop)
+    canary_failures: int = 0         # canary checks failed while serving, this supervisor's life
 
 
 class RunDir:

@@ -29,13 +29,16 @@ from dataclasses import dataclass, field
 from baldr_ops.engines.max.logphases import PhaseState
 from baldr_ops.launch import readiness
 from baldr_ops.launch.exits import MEMORY_CLASSES, ExitEvidence, ExitVerdict, classify_exit
-from baldr_ops.launch.runstate import GuardInfo, PostMortem, RunDir, RunStatus
+from baldr_ops.launch.runstate import CanaryStatus, GuardInfo, PostMortem, RunDir, RunStatus
 from baldr_ops.launch.sdnotify import Notifier
 from baldr_ops.memguard.blackbox import BlackBox, read_box
 from baldr_ops.memguard.reclaim import may_write_vm
 from baldr_ops.memguard.runtime import GuardRuntime, ReclaimDone, SampleTaken
 from baldr_ops.paths import blackbox_root
+from baldr_ops.plan.canary import CanaryCheck
+from baldr_ops.plan.guard import decide_guard
 from baldr_ops.plan.model import LaunchPlan
+from baldr_ops.plan.planner import plan_with_guard
 from baldr_ops.process import LogLine, PumpEnded, SignalReceived, end_session
 from baldr_ops.system.ports import port_open
 
@@ -55,6 +58,8 @@ class Outcome(enum.Enum):
     STARTUP_TIMEOUT = "startup-timeout"    # not ready in time
     DONE = "done"                          # the work asked for after ready (--ask) is done
     MEMGUARD = "memguard"                  # the memory guard found the host in danger
+    CANARY = "canary"                      # the canary's answer is wrong (at ready, or since ready)
+    SAMPLING = "sampling"                  # the sampling self-test failed before ready
 
 
 # -- events: the only thing other threads hand to the main loop ---------------------------------
@@ -79,6 +84,12 @@ class LivenessChecked:
 
 
 @dataclass(frozen=True)
+class CanaryChecked:
+    run: object
+    check: CanaryCheck
+
+
+@dataclass(frozen=True)
 class WorkDone:
     run: object
     code: int | None
@@ -96,6 +107,7 @@ class ServerRun:
     ended: threading.Event = field(default_factory=threading.Event)   # tells the prober to stop
     gate: readiness.GateResult | None = None                            # the last gate result
     liveness_failures: int = 0
+    canary_failed: str | None = None                                    # why the canary failed while serving
 
 
 def backoff_delay(attempt: int, initial: float, cap: float) -> float:
@@ -167,7 +179,10 @@ class Supervisor:
             port=plan.port, host=plan.host, url=readiness.base_url(plan.host, plan.port), model=plan.model,
             served_name=plan.served_name, supervisor_pid=os.getpid(), log_path=str(rundir.log_file),
             guard=GuardInfo(mode=plan.guard.mode, reason=plan.guard.reason), shim=plan.shim,
-            memory_cap=plan.memory_cap, state="starting")
+            memory_cap=plan.memory_cap, state="starting",
+            canary=CanaryStatus(prompts=[c.prompt for c in plan.supervision.canaries],
+                                expect=[c.expect for c in plan.supervision.canaries],
+                                every_s=plan.supervision.canary_every_s) if plan.supervision.canaries else None)
 
     def _make_memguard(self, plan: LaunchPlan) -> GuardRuntime | None:
         mg = plan.memguard
@@ -226,7 +241,20 @@ class Supervisor:
                                       f"{self.plan.supervision.liveness_failures})")
         elif isinstance(event, WorkDone):
             self.done_code = event.code
+        elif isinstance(event, CanaryChecked):
+            self._canary_checked(event.run, event.check)
 
+    def _canary_checked(self, run: ServerRun, check: CanaryCheck) -> None:
+        canary = self.status.canary.model_copy()
+        canary.checks += 1
+        canary.last_check_at, canary.last_latency_s = check.at, check.latency_s
+        if not check.ok:
+            canary.failures += 1
+            canary.last_failure = check.reason
+            self.reporter.message(f"canary failed while serving: {check.reason}")
+            if self.plan.supervision.on_canary_failure == "restart":
+                run.canary_failed = check.reason
+        self._set(canary=canary)
     def _guard_event(self, event) -> None:
         decision = self.memguard.handle_event(event)
         if decision is not None and self.memguard.config.mode == "on":
@@ -317,6 +345,9 @@ class Supervisor:
                 return Outcome.EXITED
             if run.gate is not None and run.gate.ok:
                 return run.gate
+            if run.gate is not None and run.gate.final:   # the answers are wrong: asking again will not help
+                self.reporter.message(f"not ready: {run.gate.detail}")
+                return Outcome.SAMPLING if run.gate.stage == "sampling" else Outcome.CANARY
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -332,6 +363,11 @@ class Supervisor:
     def _became_ready(self, gate: readiness.GateResult) -> None:
         if self.memguard is not None:
             self.memguard.set_phase("serving")
+        if gate.check is not None:
+            canary = self.status.canary.model_copy()
+            canary.ready_answers = [a.text for a in gate.check.answers]
+            canary.ready_latency_s = gate.check.latency_s
+            self._set(canary=canary)
         self._set(state="ready", phase="ready", ready_at=time.time(), phase_detail=gate.detail)
         self.notifier.send("READY=1", f"STATUS=ready: {self.status.url} serves {self.plan.served_name}")
         self.reporter.ready(self.status, gate)
@@ -355,6 +391,8 @@ class Supervisor:
                 return Outcome.DONE
             if self.guard_stop is not None:
                 return Outcome.MEMGUARD
+            if run.canary_failed is not None:
+                return Outcome.CANARY
             if run.proc.poll() is not None:
                 return Outcome.EXITED
             if run.liveness_failures >= sup.liveness_failures:
@@ -373,6 +411,8 @@ class Supervisor:
             self.notifier.send("STOPPING=1")
         elif outcome in (Outcome.RESTART, Outcome.UNHEALTHY, Outcome.STARTUP_TIMEOUT):
             self.reporter.message(f"restarting the server ({outcome.value})")
+        elif outcome in (Outcome.CANARY, Outcome.SAMPLING):
+            self._set(state="draining", phase_detail=f"canary: SIGTERM to the server, {grace:.0f} s grace")
         if outcome == Outcome.MEMGUARD:
             self.reporter.message(f"memory guard: draining the server: {self.guard_stop}")
         if self.memguard is not None:
@@ -391,6 +431,13 @@ class Supervisor:
             verdict = ExitVerdict(kind="crash", restart=True, summary=f"{outcome.value.replace('-', ' ')}; killed")
         elif outcome == Outcome.MEMGUARD:
             verdict = ExitVerdict(kind="memguard", restart=False, summary=f"stopped by the memory guard: {self.guard_stop}")
+        elif outcome == Outcome.CANARY:
+            drift = run.canary_failed is not None   # since ready: a restart may bring the right answers back
+            verdict = ExitVerdict(kind="canary", restart=drift,
+                                  summary=f"canary: {run.canary_failed or (run.gate.detail if run.gate else '?')}")
+        elif outcome == Outcome.SAMPLING and "topk-kernel" not in run.phases.error_kinds:
+            verdict = ExitVerdict(kind="sampling-kernel", restart=False,
+                                  summary=f"the sampling self-test failed: {run.gate.detail if run.gate else '?'}")
         else:
             verdict = classify_exit(ExitEvidence(returncode=run.proc.returncode, log_error_kinds=run.phases.error_kinds,
                                                  stopping=outcome == Outcome.RESTART, **evidence))
@@ -399,11 +446,21 @@ class Supervisor:
             report = PostMortem(verdict=verdict, returncode=run.proc.returncode,
                                 uptime_s=round(time.time() - run.started, 1), phase=run.phases.phase,
                                 errors=run.phases.errors, evidence=evidence, log_tail=list(run.tail)[-50:],
-                                command=self.plan.command, blackbox=self._blackbox_summary())
+                                command=self.plan.command, blackbox=self._blackbox_summary(),
+                                canary_failures=self.status.canary.failures if self.status.canary else 0)
             postmortem = str(self.rundir.write_postmortem(report))
         self._set(last_exit=verdict.summary)
         self.reporter.exited(verdict, postmortem)
         return verdict, postmortem
+
+    def _fall_back_to_greedy(self, verdict: ExitVerdict) -> None:
+        """Sampled decoding broke the worker: serve greedily instead of crashing in a loop."""
+        greedy = decide_guard("greedy", None, False)
+        greedy = greedy.model_copy(update={"reason": f"fallback after the sampling self-test: {verdict.summary}; "
+                                                     "every request decodes greedily"})
+        self.plan = plan_with_guard(self.plan, greedy)
+        self.reporter.message(f"{verdict.summary}: falling back to --guard greedy and starting again")
+        self._set(guard=GuardInfo(mode=greedy.mode, reason=greedy.reason), restarts=self.status.restarts + 1)
 
     def _blackbox_summary(self) -> dict | None:
         if self.memguard is None or self.memguard.blackbox is None:
@@ -448,6 +505,12 @@ class Supervisor:
             if outcome == Outcome.RESTART:
                 self.restart_requested = False
                 continue
+            if verdict.kind == "sampling-kernel" and self.plan.guard.mode != "greedy":
+                self._fall_back_to_greedy(verdict)
+                continue
+            if verdict.kind == "canary" and not verdict.restart:
+                self._set(state="failed", phase_detail=verdict.summary)
+                return 2   # the server answers, wrongly: like bad input, not a crash to retry
             blocker = None
             if verdict.kind in MEMORY_CLASSES:
                 blocker = self.memory_recheck() if self.memory_recheck else "memory cannot be re-checked here"
@@ -456,7 +519,9 @@ class Supervisor:
             if not decision.restart:
                 if decision.reason:
                     self.reporter.message(decision.reason)
-                self._set(state="stopped" if verdict.kind == "clean" else "failed")
+                self._set(state="stopped" if verdict.kind == "clean" else "failed", phase_detail=verdict.summary)
+                if outcome in ENDED_BY_US:   # its status is our SIGTERM's, not its own: say "failed"
+                    return 1
                 return _exit_code(code) or (0 if verdict.kind == "clean" else 1)
             self._set(state="restarting", restarts=self.status.restarts + 1)
             self.reporter.message(f"restart {attempt}/{self.plan.supervision.max_restarts} in {decision.delay_s:.0f} s")
@@ -484,23 +549,45 @@ def _pump(stream, log, phases: PhaseState, tail: deque, events: queue.SimpleQueu
 
 
 def _probe(run: ServerRun, plan: LaunchPlan, events: queue.SimpleQueue) -> None:
-    """The prober: the readiness gate every 0.2 s until it passes (MAX binds its port only once
-    the model worker is up), then liveness every interval, until the start ends. HTTP waits happen
-    here, never in the main loop."""
+    """The prober: the readiness gate every 0.2 s until it passes or the answers fail it (MAX binds
+    its port only once the model worker is up), then liveness every interval and the canary set
+    every ``canary_every_s``, until the start ends. HTTP waits happen here, never in the main loop."""
+    import requests
+
     sup = plan.supervision
+    gate = None
     while not run.ended.is_set():
         if port_open(plan.host, plan.port):
-            result = readiness.check_once(plan.host, plan.port, plan.served_name, canary=sup.canary)
-            events.put(GateChecked(run, result))
-            if result.ok:
+            gate = readiness.check_once(plan.host, plan.port, plan.served_name, canaries=sup.canaries,
+                                        sampling_selftest=sup.sampling_selftest)
+            events.put(GateChecked(run, gate))
+            if gate.ok or gate.final:
                 break
         # Poll often: every second spent here is start-up time the user waits for.
         run.ended.wait(0.2)
-    while not run.ended.wait(sup.liveness_interval_s):
-        events.put(LivenessChecked(run, readiness.alive(plan.host, plan.port)))
+    if gate is None or not gate.ok:
+        return
+    recorded = gate.check.answers if gate.check else None
+    now = time.monotonic()
+    next_alive = now + sup.liveness_interval_s
+    next_canary = now + sup.canary_every_s if sup.canary_every_s and sup.canaries else None
+    while not run.ended.wait(max(0.0, min(t for t in (next_alive, next_canary) if t is not None) - time.monotonic())):
+        now = time.monotonic()
+        if now >= next_alive:
+            events.put(LivenessChecked(run, readiness.alive(plan.host, plan.port)))
+            next_alive = now + sup.liveness_interval_s
+        if next_canary is not None and now >= next_canary:
+            try:
+                check = readiness.run_set(plan.host, plan.port, plan.served_name, sup.canaries, recorded)
+            except (requests.RequestException, ValueError, KeyError, IndexError) as exc:
+                check = CanaryCheck(ok=False, reason=f"canary request failed: {type(exc).__name__}: {exc}")
+            events.put(CanaryChecked(run, check))
+            next_canary = time.monotonic() + sup.canary_every_s
 
 
-WAKE_EVENTS = (SignalReceived, PumpEnded, GateChecked, LivenessChecked, WorkDone)
+# Starts the supervisor itself ended because something was wrong (not on request).
+ENDED_BY_US = (Outcome.UNHEALTHY, Outcome.STARTUP_TIMEOUT, Outcome.MEMGUARD, Outcome.CANARY, Outcome.SAMPLING)
+WAKE_EVENTS = (SignalReceived, PumpEnded, GateChecked, LivenessChecked, WorkDone, CanaryChecked)
 
 
 def _exit_code(returncode: int | None) -> int:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from baldr_ops.engines.max.command import EngineOptions
+from baldr_ops.plan.canary import Canary
 from baldr_ops.plan.guard import GuardDecision
 from baldr_ops.plan.memguard import MemGuardPlan
 
@@ -24,7 +26,11 @@ class Supervision(BaseModel):
     backoff_initial_s: float = Field(default=5, ge=0)
     backoff_max_s: float = Field(default=300, ge=0)
     healthy_reset_s: float = Field(default=600, ge=0)
-    canary: bool = True
+    canary: bool = True                      # --no-canary: ready at /v1/models
+    canaries: list[Canary] = []              # the canary set (planned: the demo's, the operator's, a file's)
+    canary_every_s: float | None = None      # re-ask the set while serving (None: never)
+    on_canary_failure: Literal["warn", "restart"] = "warn"
+    sampling_selftest: bool = False          # one sampled request before ready (SM 12.x, guard not greedy)
 
 
 class LaunchRequest(BaseModel):
@@ -48,6 +54,10 @@ class LaunchRequest(BaseModel):
     force: bool = False
     precompiled: Path | None = None      # a `baldr-ops compile --export` bundle to start from
     telemetry: bool = False              # MAX's usage telemetry to Modular (off unless asked)
+    canary_prompt: str | None = None     # the canary's prompt (default: the demo's question, or a generic one)
+    canary_expect: str | None = None     # a regular expression the canary's answer must contain
+    canary_file: Path | None = None      # a JSON canary set (prompts with expectations), for CI
+    canary_every: str | None = None      # a duration: re-ask the canary set while serving
     memguard: str = "auto"               # auto | on | off | dry-run
     load_floor: str | None = None        # MemFree floor while loading (default: scaled to the machine)
     serve_floor: str | None = None       # MemAvailable floor while serving

@@ -12,15 +12,19 @@ import os
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from baldr_ops import native, shim
+from baldr_ops.durations import parse_duration
 from baldr_ops.engines.max.bundle import plan_with_bundle
 from baldr_ops.engines.max.command import EngineOptions, ServeBinding, serve_command
 from baldr_ops.engines.max.quirks import require_max
 from baldr_ops.errors import UserError
 from baldr_ops.models.demo import DEMO_NAME, ensure_demo_model
 from baldr_ops.models.footprint import estimate_footprint
+from baldr_ops.plan.canary import DEMO_CANARY, GENERIC_PROMPT, Canary, load_canary_file
 from baldr_ops.plan.fit import floor_bytes, judge_fit
-from baldr_ops.plan.guard import decide_guard
+from baldr_ops.plan.guard import GuardDecision, decide_guard, is_affected
 from baldr_ops.plan.memguard import decide_memguard, guard_floors
 from baldr_ops.plan.model import Hardware, LaunchPlan, LaunchRequest
 from baldr_ops.system.meminfo import read_meminfo
@@ -95,6 +99,8 @@ def plan_launch(request: LaunchRequest, progress=lambda _msg: None,
     floors = guard_floors(request.memguard, meminfo.total if meminfo.available else None, request.load_floor,
                           request.serve_floor)
     floor_bytes(request.floor, meminfo)   # a bad --floor is found before anything slow
+    canaries = plan_canaries(request)    # a bad canary file, regex or duration too
+    canary_every = parse_duration(request.canary_every, "--canary-every") if request.canary_every else None
     quirks = require_max()
     notes.append(f"MAX {quirks.version}")
     if check_ports and not port_free(request.host, request.port):
@@ -115,6 +121,16 @@ def plan_launch(request: LaunchRequest, progress=lambda _msg: None,
     guard = decide_guard(request.guard, hardware.compute_capability if devices.startswith("gpu") else None,
                          quirks.has_sample_on_host)
     notes.append(f"sampling guard: {guard.mode} ({guard.reason})")
+    selftest = devices.startswith("gpu") and is_affected(hardware.compute_capability) and guard.mode != "greedy"
+    supervision = request.supervision.model_copy(update={
+        "canaries": canaries if request.supervision.canary else [], "canary_every_s": canary_every,
+        "sampling_selftest": selftest and request.supervision.canary})
+    if supervision.canaries:
+        expects = [c.expect for c in supervision.canaries if c.expect]
+        notes.append(f"canary: {len(supervision.canaries)} prompt(s)"
+                     + (f", expecting /{'/, /'.join(expects)}/" if expects else ", no expectation (degeneracy checks)")
+                     + (f", again every {canary_every:g} s" if canary_every else "")
+                     + ("; sampling self-test before ready" if supervision.sampling_selftest else ""))
 
     options = EngineOptions(model_path=model_path, served_name=served_name, devices=devices,
                             quantization_encoding=request.quantization_encoding, max_length=request.max_length,
@@ -152,5 +168,36 @@ def plan_launch(request: LaunchRequest, progress=lambda _msg: None,
         command=serve_command(options, ServeBinding(host=request.host, port=request.port), python=sys.executable),
         options=options,
         env=env, host=request.host, port=request.port, served_name=served_name, model=str(model_path),
-        guard=guard, shim=shim_path, memory_cap=request.cap, memguard=memguard, supervision=request.supervision)
+        guard=guard, shim=shim_path, memory_cap=request.cap, memguard=memguard, supervision=supervision)
     return plan, notes
+
+
+def plan_canaries(request: LaunchRequest) -> list[Canary]:
+    """The canary set: a file's, or one prompt (the operator's, the demo's question, a generic
+    one) with the operator's expectation (the demo expects Paris)."""
+    if request.canary_file is not None:
+        if request.canary_prompt or request.canary_expect:
+            raise UserError("--canary-file sets prompts and expectations: drop --canary-prompt/--canary-expect")
+        return load_canary_file(request.canary_file)
+    if request.canary_prompt is not None:
+        prompt, expect = request.canary_prompt, request.canary_expect
+    elif request.model is None:
+        prompt, expect = DEMO_CANARY[0], request.canary_expect or DEMO_CANARY[1]
+    else:
+        prompt, expect = GENERIC_PROMPT, request.canary_expect
+    try:
+        return [Canary(prompt=prompt, expect=expect)]
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        what = {"prompt": "--canary-prompt", "expect": "--canary-expect"}.get(str(err["loc"][0]), "canary")
+        raise UserError(f"{what}: {err['msg'].removeprefix('Value error, ')}") from None
+
+
+def plan_with_guard(plan: LaunchPlan, guard: GuardDecision) -> LaunchPlan:
+    """The same plan under another sampling guard's environment (the fallback to greedy after the
+    sampling kernel failed). MAX's command line stays as it was, so the compiled graphs are the
+    same and the restart is a warm start: greedy decoding is enforced by the entry point's patch,
+    which the environment turns on."""
+    env = {k: v for k, v in plan.env.items() if k != "BALDR_GUARD"} | guard.env
+    supervision = plan.supervision.model_copy(update={"sampling_selftest": False})
+    return plan.model_copy(update={"env": env, "guard": guard, "supervision": supervision})

@@ -21,6 +21,13 @@ Behaviour from the environment:
                         (a drain lets in-flight work finish), at the latest after FAKE_SLOW_S;
                         SIGTERM does not stop the runaway (it prints "ANSWERED slow" when the
                         slow answer is sent)
+  FAKE_ANSWERS          what chat completions answer (with MAX's logprobs tokens): "ok" (default:
+                        "Paris."), "repeat" (one token over and over), "empty", "stopless" (runs
+                        past the newline stop), "drift" ("Paris." for FAKE_DRIFT_AFTER requests,
+                        then "Lyon.")
+  FAKE_SAMPLING_CRASH   "1": a request with temperature > 0 kills the server with MAX's sampling-kernel
+                        error (modular#6488), unless BALDR_GUARD=greedy (the entry point's patch
+                        then decodes it greedily)
 It forks one "worker" child in the same session, as MAX does, and prints its pid.
 """
 
@@ -98,18 +105,42 @@ def main():
             request = json.loads(self.rfile.read(length) or b"{}")
             if request.get("model") != name:
                 return self._json(400, {"error": {"message": "Value error."}})
+            print(f"REQUEST chat temperature={request.get('temperature')}", flush=True)
             slow = "slow" in json.dumps(request.get("messages", []))
             if slow and os.environ.get("FAKE_SLOW_S"):
                 runaway.set()
                 terminated.wait(float(os.environ["FAKE_SLOW_S"]))
                 time.sleep(0.5)
+            sampled = (request.get("temperature") or 0) > 0 and os.environ.get("BALDR_GUARD") != "greedy"
+            if sampled and os.environ.get("FAKE_SAMPLING_CRASH") == "1":
+                print("ERROR: CUDA call failed: CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES (too many resources requested "
+                      "for launch) in topk_topp_sampling_from_prob_float32_int64_False", flush=True)
+                os.kill(worker, signal.SIGKILL)
+                os._exit(1)
+            answered[0] += 1
+            tokens = answer_tokens(answered[0])
             self._json(200, {"choices": [{"finish_reason": "stop", "index": 0,
-                                          "message": {"role": "assistant", "content": "Paris."}}]})
+                                          "message": {"role": "assistant", "content": "".join(tokens)},
+                                          "logprobs": {"content": [{"token": t, "bytes": list(t.encode()),
+                                                                    "logprob": -0.1} for t in tokens]}}]})
             if slow:
                 print("ANSWERED slow", flush=True)
 
     runaway = threading.Event()
     terminated = threading.Event()
+    answered = [0]
+
+    def answer_tokens(n: int) -> list[str]:
+        mode = os.environ.get("FAKE_ANSWERS", "ok")
+        if mode == "repeat":
+            return [" Paris"] * 16
+        if mode == "empty":
+            return []
+        if mode == "stopless":
+            return ["Paris", ".", "\n", "Paris", "."]
+        if mode == "drift" and n > int(os.environ.get("FAKE_DRIFT_AFTER", "2")):
+            return ["Ly", "on", "."]
+        return ["Paris", "."]
 
     def allocate():
         runaway.wait()

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -134,3 +135,26 @@ def test_detached_serving_guard_restart_and_stop(demo_model, run_env):
     assert final["state"] == "stopped" and not final["alive"]
     assert session_members(final["server_pid"]) == []
     assert session_members(final["supervisor_pid"]) == []
+
+
+def test_canary_reads_the_answer_at_ready_and_while_serving(demo_model, run_env):
+    # A wrong expectation: readiness fails with the answer shown, exit 2, one start (no crash loop).
+    port = free_port()
+    wrong = cli("launch", "--port", str(port), "--canary-expect", "Berlin", "--memguard", "off", env=run_env,
+                check=False)
+    assert wrong.returncode == 2, wrong.stderr[-3000:]
+    assert "does not match the expectation /Berlin/" in wrong.stderr and "Paris" in wrong.stderr
+    log = (Path(run_env["BALDR_RUN_DIR"]) / f"port-{port}" / "server.log").read_text()
+    assert log.count("===== baldr-ops: starting") == 1
+    # The demo's own expectation (Paris), asked again every 5 s for 30 s: the same greedy answer each time.
+    port = free_port()
+    cli("launch", "--port", str(port), "--detach", "--canary-every", "5s", "--memguard", "off", env=run_env)
+    try:
+        time.sleep(30)
+        st = status(port, run_env)
+        assert st["state"] == "ready", st
+        canary = st["canary"]
+        assert canary["expect"] == ["Paris"] and "Paris" in canary["ready_answers"][0]
+        assert canary["checks"] >= 4 and canary["failures"] == 0, canary
+    finally:
+        cli("stop", "--port", str(port), env=run_env, check=False)
