@@ -45,7 +45,10 @@ class Notifier:
 
 
 def unit_file(launch_args: list[str], user: str | None = None, description: str | None = None) -> str:
-    """A Type=notify unit that runs `baldr-ops launch` with the given arguments."""
+    """A Type=notify unit that runs `baldr-ops launch` with the given arguments. A long-lived
+    service re-asks its canary every 10 minutes unless the arguments say otherwise."""
+    if not any(a == "--canary-every" or a.startswith("--canary-every=") or a == "--no-canary" for a in launch_args):
+        launch_args = [*launch_args, "--canary-every", "10m"]
     exe = shlex.join([sys.executable, "-m", "baldr_ops", "launch", *launch_args])
     lines = [
         "[Unit]",

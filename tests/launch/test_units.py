@@ -195,3 +195,10 @@ def test_a_max_installed_under_a_comma_is_refused_in_one_line(tmp_path):
     with pytest.raises(UserError, match="contains a comma") as exc:
         check_install_path("/home/a,b/.venv/lib/python3.11/site-packages/max")
     assert "\n" not in exc.value.message and "without commas" in exc.value.hint
+
+
+def test_unit_file_asks_the_canary_every_10_minutes_unless_told():
+    assert "--canary-every 10m" in unit_file(["--model", "/m"])
+    assert "--canary-every 1h" in unit_file(["--model", "/m", "--canary-every", "1h"])
+    assert "--canary-every 10m" not in unit_file(["--model", "/m", "--canary-every", "1h"])
+    assert "--canary-every" not in unit_file(["--no-canary"])
