@@ -12,10 +12,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 
 from baldr_ops import __version__
-from baldr_ops.errors import UserError
+from baldr_ops.errors import Terminated, UserError
 
 # Order is the order shown in --help.
 COMMAND_MODULES = ("doctor", "shim", "launch", "runs", "compile", "guard", "sae", "memory")
@@ -23,8 +24,26 @@ COMMAND_MODULES = ("doctor", "shim", "launch", "runs", "compile", "guard", "sae"
 MODULE_OF = {"status": "runs", "stop": "runs", "logs": "runs", "systemd-unit": "runs"}
 
 
+class UsageError(Exception):
+    """A mistake argparse found on the command line (an unknown option, a choice not offered)."""
+
+    def __init__(self, message: str, parser: argparse.ArgumentParser):
+        super().__init__(message)
+        self.message, self.parser = message, parser
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its mistakes said in one line (its usage block is for --help) and each
+    command's documented exit code for bad input (``bad_input_exit``: 2, doctor's 3)."""
+
+    bad_input_exit = 2
+
+    def error(self, message: str):
+        raise UsageError(message, self)
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="baldr-ops",
         description=(
             "Run big open models with MAX on unified-memory NVIDIA machines (DGX Spark / GB10, "
@@ -48,13 +67,26 @@ def _module_for(argv: list[str]) -> str | None:
     return module if module in COMMAND_MODULES else None
 
 
+def _terminate(signum, _frame):
+    raise Terminated(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(_module_for(argv))
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        print(f"baldr-ops: error: {exc.message}", file=sys.stderr)
+        print(f"  hint: see '{exc.parser.prog} --help'", file=sys.stderr)
+        return exc.parser.bad_input_exit
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    # SIGTERM ends a command as SIGINT does (finally blocks run: child trees ended, scratch files
+    # removed); commands that supervise install their own handlers on top.
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
@@ -64,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except Terminated as exc:
+        return 128 + exc.signum
     except Exception as exc:  # last resort: one line, the traceback only on request
         if os.environ.get("BALDR_DEBUG"):
             raise

@@ -65,9 +65,11 @@ def register(subparsers) -> None:
 def _request(args):
     from pathlib import Path
 
+    from baldr_ops.plan import validate
     from baldr_ops.plan.model import LaunchRequest
 
     extra = [a for a in args.max_args if a != "--"] if args.max_args else []
+    validate.engine_values(args.devices, args.max_length, args.max_batch_size)
     return LaunchRequest(model=Path(args.model) if args.model else None, served_name=args.served_name,
                          devices=args.devices, quantization_encoding=args.quantization_encoding,
                          max_length=args.max_length, max_batch_size=args.max_batch_size, floor=args.floor,

@@ -27,6 +27,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("doctor", help="diagnose memory pressure and GPU memory on this machine",
                               description=DESCRIPTION, epilog=EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.bad_input_exit = 3   # Nagios: bad input is UNKNOWN
     out = p.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print the report as JSON (schema: --json-schema)")
     out.add_argument("--json-schema", action="store_true", help="print the JSON schema of the report and exit")

@@ -14,7 +14,8 @@ MemAvailable stays under the serve floor and there is evidence (memory PSI, an N
 line, or MemAvailable falling to zero soon), reclaim, then drain the command's whole process
 tree (SIGTERM, --grace, SIGKILL). A black box of samples and decisions survives a reboot.
 
-exit status: the command's (128 + signal when signalled); 2 for bad input.
+exit status: the command's (128 + signal when signalled); 128 + the signal when SIGTERM or SIGINT
+stopped the guard (the command's whole tree drained first); 2 for bad input.
 """
 
 EPILOG = """\
@@ -59,6 +60,10 @@ def run(args) -> int:
     argv = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not argv:
         raise UserError("no command to guard", hint="baldr-ops guard [options] -- CMD ARGS")
+    import shutil
+
+    if shutil.which(argv[0]) is None:
+        raise UserError(f"command not found: {argv[0]}", hint="give a program on PATH, or its path")
     if args.ready_regex is not None:
         try:
             re.compile(args.ready_regex)
@@ -98,4 +103,6 @@ def run(args) -> int:
     if result.guard_stop:
         print(f"baldr-ops guard: the command was stopped by the memory guard: {result.guard_stop}",
               file=sys.stderr, flush=True)
+    if result.signal is not None:   # stopped on request: the shell's status for that signal
+        return 128 + result.signal
     return exit_code(result.returncode)

@@ -8,6 +8,7 @@ import sys
 import time
 
 from baldr_ops.cli.progress import ConsoleReporter
+from baldr_ops.errors import UserError
 
 DESCRIPTION = """\
 Serve a model with MAX, made right for unified-memory NVIDIA machines, and supervise it.
@@ -28,7 +29,7 @@ examples:
   baldr-ops launch                                   # the demo model, on CPU here
   baldr-ops launch --ask "What is the capital of France?"
   baldr-ops launch --model /models/gemma-4-31b-it --cap 100G --detach
-  baldr-ops launch --model DIR -- --max-num-steps 10   # extra args after -- go to max serve
+  baldr-ops launch --model DIR -- --enable-prefix-caching   # extra args after -- go to max serve
 """
 
 
@@ -86,11 +87,27 @@ def register(subparsers) -> None:
 
 
 def _request(args):
+    """The LaunchRequest, every single value checked (plan/validate.py) before anything starts."""
     from pathlib import Path
 
+    from baldr_ops.plan import validate
     from baldr_ops.plan.model import LaunchRequest, Supervision
 
     extra = [a for a in args.max_args if a != "--"] if args.max_args else []
+    validate.host(args.host)
+    validate.port(args.port)
+    if args.metrics_port is not None:
+        validate.port(args.metrics_port, "--metrics-port")
+        if args.metrics_port == args.port:
+            raise UserError(f"--metrics-port {args.metrics_port} is the API port", hint="give another port")
+    validate.engine_values(args.devices, args.max_length, args.max_batch_size)
+    validate.seconds(args.grace, "--grace")
+    validate.seconds(args.startup_timeout, "--startup-timeout", allow_zero=False)
+    validate.count(args.max_restarts, "--max-restarts")
+    if args.ask is not None:
+        validate.question(args.ask)
+    if args.served_name is not None and not args.served_name.strip():
+        raise UserError("--served-name is empty", hint="give the name clients ask for, or leave it out")
     return LaunchRequest(
         model=Path(args.model) if args.model else None, served_name=args.served_name, host=args.host,
         port=args.port, metrics_port=args.metrics_port, devices=args.devices,
@@ -120,12 +137,15 @@ def _evidence_since():
 
 
 def run(args) -> int:
-    from baldr_ops.errors import UserError
     from baldr_ops.plan.planner import plan_launch
     from baldr_ops.launch.runstate import RunDir
     from baldr_ops.launch.supervisor import Supervisor
 
     request = _request(args)
+    rundir = RunDir(request.port)
+    rundir.check_usable()    # found now, but nothing written before the preflight passes
+    if not args.detach and rundir.held_by_someone():
+        rundir.acquire()     # says who holds the port
     reporter = ConsoleReporter(verbose=args.verbose)
     reporter.message("preflight")
     plan, notes = plan_launch(request, progress=reporter.message)
@@ -133,9 +153,8 @@ def run(args) -> int:
         reporter.message(f"  {note}")
     if args.detach:
         return _detach(args, request.port, reporter)
-
-    rundir = RunDir(request.port)
     rundir.acquire()
+
     answer: dict = {}
 
     def after_ready(sup):
@@ -177,11 +196,10 @@ def run(args) -> int:
 
 def _detach(args, port: int, reporter: ConsoleReporter) -> int:
     """Start a supervisor in its own session and wait here until it reports ready or fails."""
-    from baldr_ops.errors import UserError
     from baldr_ops.launch.runstate import RunDir
 
     rundir = RunDir(port)
-    rundir.path.mkdir(parents=True, exist_ok=True)
+    rundir.ensure()
     argv = [a for a in sys.argv[1:] if a != "--detach"] if sys.argv[1:2] == ["launch"] else None
     if argv is None:
         raise UserError("--detach needs to be run from the baldr-ops command line")

@@ -204,10 +204,11 @@ def _short(text: str, n: int = 70) -> str:
 # -- commands ------------------------------------------------------------------------------------
 def run_keygen(args) -> int:
     from baldr_ops.memory.keys import default_key_path, generate_key
-    from baldr_ops.memory.reports import KeyReport
 
     path = args.key_file or default_key_path()
-    key = generate_key(path)
+    key = generate_key(path, create_parent=args.key_file is None)
+    from baldr_ops.memory.reports import KeyReport  # after the key: its import brings torch (seconds)
+
     _print(KeyReport(key_file=str(path), key_id=key.key_id), args,
            f"key written to {path} (0600), key id {key.key_id}\n"
            f"keep it outside every store; whoever holds it can sign memories")

@@ -65,12 +65,20 @@ def _runs(port):
     return states
 
 
+def _check_port(args) -> None:
+    from baldr_ops.plan import validate
+
+    if args.port is not None:
+        validate.port(args.port)
+
+
 def run_status(args) -> int:
     from pydantic import TypeAdapter
 
     from baldr_ops.errors import UserError
     from baldr_ops.launch.runstate import RunStatus
 
+    _check_port(args)
     states = _runs(args.port)
     if args.prometheus:
         from baldr_ops.atomic import atomic_write
@@ -132,7 +140,10 @@ def _chosen_run(port: int | None):
 
 def run_stop(args) -> int:
     from baldr_ops.errors import UserError
+    from baldr_ops.plan import validate
 
+    _check_port(args)
+    validate.seconds(args.timeout, "--timeout", allow_zero=False)
     rundir = _chosen_run(args.port)
     args.port = rundir.port
     status = rundir.read()
@@ -152,7 +163,10 @@ def run_stop(args) -> int:
 
 def run_logs(args) -> int:
     from baldr_ops.errors import UserError
+    from baldr_ops.plan import validate
 
+    _check_port(args)
+    validate.count(args.lines, "--lines")
     rundir = _chosen_run(args.port)
     args.port = rundir.port
     path = rundir.log_file
@@ -172,12 +186,27 @@ def run_logs(args) -> int:
 
 
 def run_unit(args) -> int:
+    from baldr_ops.cli import UsageError, build_parser
+    from baldr_ops.cli.launch import _request
+    from baldr_ops.errors import UserError
     from baldr_ops.launch.sdnotify import unit_file
+    from baldr_ops.plan import validate
 
     launch_args = [a for a in args.launch_args if a != "--"]
-    if "--detach" in launch_args:
-        from baldr_ops.errors import UserError
-
+    if args.user is not None:
+        validate.unix_user(args.user)
+    if args.description is not None:
+        validate.unit_text(args.description, "--description")
+    for arg in launch_args:
+        validate.unit_text(arg, "a launch argument")
+    # The arguments are launch's: parsed and checked by launch's own parser now, not at boot.
+    try:
+        parsed = build_parser("launch").parse_args(["launch", *launch_args])
+    except UsageError as exc:
+        raise UserError(f"the launch arguments would fail at boot: {exc.message}",
+                        hint="check them with: baldr-ops launch --help") from None
+    if parsed.detach:
         raise UserError("a systemd unit runs launch in the foreground; drop --detach")
+    _request(parsed)
     sys.stdout.write(unit_file(launch_args, user=args.user, description=args.description))
     return 0

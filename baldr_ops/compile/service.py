@@ -20,6 +20,7 @@ from baldr_ops.engines.max.bundle import (
     device_identity,
     export_bundle,
     plan_with_bundle,
+    read_manifest,
     seed_cache,
 )
 from baldr_ops.engines.max.command import warm_cache_command
@@ -80,6 +81,19 @@ def _load_guard(plan, say, report: CompileReport):
         report.memguard = guard.status
 
 
+def check_export_destination(dest: Path) -> None:
+    """--export DIR must be new or an empty directory, and its parent a directory."""
+    if dest.exists() and not dest.is_dir():
+        raise UserError(f"--export {dest} is a file", hint="give a new directory for the bundle")
+    if dest.is_dir() and any(dest.iterdir()):
+        raise UserError(f"--export {dest} already exists and is not empty", hint="remove it or choose another --export DIR")
+    parent = dest.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"--export {dest}: {parent} is a file, not a directory", hint="give a path under a directory")
+
+
 def _log_path() -> Path:
     path = compile_log_path()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -120,6 +134,11 @@ def compile_model(request, export: Path | None = None, import_dir: Path | None =
     `target` (cuda:sm_XY) cross-compiles for a GPU this machine lacks, with MAX's virtual devices."""
     say = reporter.message if reporter is not None else (lambda _m: None)
     device = None
+    # Destination and source first: a compile takes minutes, a wrong path is known now.
+    if export is not None:
+        check_export_destination(Path(export).expanduser())
+    if import_dir is not None:
+        read_manifest(Path(import_dir).expanduser())
     if target:
         request, arch, capability = _for_target(request, target, export, import_dir, check)
     plan, notes = plan_launch(request.model_copy(update={"precompiled": None}), progress=say, check_ports=False)

@@ -20,7 +20,7 @@ from baldr_ops.atomic import atomic_write
 from baldr_ops.errors import UserError
 from baldr_ops.launch.exits import ExitVerdict
 from baldr_ops.memguard.runtime import MemGuardStatus
-from baldr_ops.paths import runs_root
+from baldr_ops.paths import RUN_ENV, runs_root
 from baldr_ops.schema import Document
 
 RunState = Literal["preflight", "starting", "loading", "compiling", "warming", "ready", "draining",
@@ -111,8 +111,11 @@ class RunDir:
 
     def acquire(self) -> None:
         """Take the port's lock for this process's lifetime, or say who holds it."""
-        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+        self.ensure()
+        try:
+            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise self._unusable(exc) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -124,6 +127,31 @@ class RunDir:
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
+
+    def check_usable(self) -> None:
+        """Whether the directory could be made and written, without writing anything (preflight)."""
+        probe = self.path
+        while not probe.exists():
+            if probe.parent == probe:
+                break
+            probe = probe.parent
+        if not probe.is_dir():
+            raise self._unusable(NotADirectoryError(20, "Not a directory"))
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise self._unusable(PermissionError(13, "Permission denied"))
+
+    def ensure(self) -> None:
+        """The directory exists and is ours to write, or one line says why not."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise self._unusable(exc) from None
+        if not os.access(self.path, os.W_OK | os.X_OK):
+            raise self._unusable(PermissionError(13, "Permission denied"))
+
+    def _unusable(self, exc: OSError) -> UserError:
+        return UserError(f"cannot use the run directory {self.path}: {exc.strerror or exc}",
+                         hint=f"{RUN_ENV} (or XDG_RUNTIME_DIR) must name a directory this user can write")
 
     def held_by_someone(self) -> bool:
         """True when a live supervisor holds the lock (False for us if we hold it ourselves)."""

@@ -440,6 +440,7 @@ class Supervisor:
                                   summary=f"the sampling self-test failed: {run.gate.detail if run.gate else '?'}")
         else:
             verdict = classify_exit(ExitEvidence(returncode=run.proc.returncode, log_error_kinds=run.phases.error_kinds,
+                                                 last_error=run.phases.errors[-1] if run.phases.errors else None,
                                                  stopping=outcome == Outcome.RESTART, **evidence))
         postmortem = None
         if verdict.kind not in ("stopped", "clean"):

@@ -29,6 +29,7 @@ class WatchResult:
     returncode: int
     guard_stop: str | None
     status: MemGuardStatus
+    signal: int | None = None       # the signal that stopped us, if one did
 
 
 def run_guarded(argv: list[str], config: GuardConfig, weight_files: list[str], blackbox: BlackBox,
@@ -99,7 +100,7 @@ def run_guarded(argv: list[str], config: GuardConfig, weight_files: list[str], b
         blackbox.end(returncode=proc.returncode, guard_stop=stop["drain"])
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return WatchResult(returncode=code, guard_stop=stop["drain"], status=guard.status)
+    return WatchResult(returncode=code, guard_stop=stop["drain"], status=guard.status, signal=stop["signal"])
 
 
 def exit_code(returncode: int) -> int:

@@ -152,3 +152,16 @@ def test_stop_without_port_among_several_asks_which(capsys, tmp_path):
         for h in holders:
             h.kill()
             h.wait()
+
+
+def test_the_memory_plan_sizes_the_kv_cache_for_the_max_length_served(tmp_path):
+    from baldr_ops.plan.model import LaunchRequest
+    from baldr_ops.plan.planner import plan_launch
+
+    model = write_tiny_model(tmp_path / "m")
+    notes = {}
+    for length in (None, 8):
+        _, out = plan_launch(LaunchRequest(model=model, max_length=length, memguard="off"), check_ports=False)
+        notes[length] = next(n for n in out if n.startswith("model "))
+    # The tiny model's context is 16 tokens (max_position_embeddings): the default plans for it, 8 when asked.
+    assert "@ 16 tokens" in notes[None] and "@ 8 tokens" in notes[8]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import sys
@@ -72,21 +73,28 @@ def worker_pid(sup) -> int:
     raise AssertionError("fake worker pid not seen")
 
 
-def test_ready_then_sigterm_drains_whole_tree(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_ready_then_a_signal_drains_whole_tree(tmp_path, sig):
     port = free_port()
     seen = {}
 
     def after_ready(sup):
         seen["state"] = json.loads(sup.rundir.state_file.read_text())["state"]
         seen["server"], seen["worker"] = sup.proc.pid, worker_pid(sup)
-        threading.Timer(0.3, lambda: sup._on_signal(signal.SIGTERM, None)).start()
+        threading.Timer(0.3, lambda: os.kill(os.getpid(), sig)).start()   # a real signal to the supervisor
         return None
 
     sup, rundir = make(tmp_path, port)
     sup.after_ready = after_ready
-    code = sup.run()
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    sup.install_signal_handlers()
+    try:
+        code = sup.run()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     assert seen["state"] == "ready"
-    assert code == 128 + signal.SIGTERM  # the child's status, as a shell reports it
+    assert code == 128 + signal.SIGTERM  # the server's status after our SIGTERM, as a shell reports it
     assert not pid_alive(seen["server"]) and not pid_alive(seen["worker"])
     final = rundir.read()
     assert final.state == "stopped"
@@ -126,15 +134,24 @@ def test_crash_is_restarted_with_backoff_then_given_up(tmp_path):
     assert any("giving up" in m for m in sup.reporter.messages)
 
 
-def test_config_error_is_not_restarted(tmp_path):
+@pytest.mark.parametrize("line, code, kind", [
+    ("ValueError: Cannot cast from 'float32' to 'bfloat16' on device cpu", "1", "encoding"),
+    # MAX 26.7's own words for what preflight now refuses earlier (seen with --model of an unknown
+    # architecture, --max-length over the context, an option `max serve` lacks):
+    ("ValueError: Architecture 'FooForCausalLM' not found in registry", "1", "architecture"),
+    ("ValueError: Unable to infer max_length for Llama3Config, the provided max_length (100000000) exceeds the "
+     "model's max_position_embeddings (8192).", "1", "max-length"),
+    ("Error: No such option '--no-such-flag'.", "2", "usage"),
+])
+def test_config_error_is_not_restarted(tmp_path, line, code, kind):
     port = free_port()
     marker = tmp_path / "starts"
     sup, _ = make(tmp_path, port, env={
-        "FAKE_EXIT_AFTER_S": "0.2", "FAKE_MARKER": str(marker),
-        "FAKE_FAIL_LOG": "ValueError: Cannot cast from 'float32' to 'bfloat16' on device cpu"})
-    assert sup.run() == 1
+        "FAKE_EXIT_AFTER_S": "0.2", "FAKE_MARKER": str(marker), "FAKE_EXIT_CODE": code, "FAKE_FAIL_LOG": line})
+    assert sup.run() == int(code)
     assert len(marker.read_text().split()) == 1
-    assert sup.reporter.exits[0][0].kind == "config-error"
+    verdict = sup.reporter.exits[0][0]
+    assert verdict.kind == "config-error" and f"({kind};" in verdict.summary
 
 
 def test_memory_death_restarts_only_when_memory_recovered(tmp_path):

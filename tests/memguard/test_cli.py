@@ -57,3 +57,31 @@ def test_guard_runs_a_command_and_passes_its_status_through(capsys, tmp_path):
     [box] = find_boxes(tmp_path / "state" / "blackbox")
     reading = read_box(box)
     assert reading.clean and reading.ended["returncode"] == 7 and reading.started["mode"] == "dry-run"
+
+
+@pytest.mark.parametrize("sig", [15, 2])
+def test_a_signal_drains_the_guarded_command_and_its_children(tmp_path, sig):
+    import signal
+    import time
+
+    import psutil
+
+    from baldr_ops.memguard.blackbox import find_boxes, read_box
+
+    env = {**__import__("os").environ, "BALDR_STATE_DIR": str(tmp_path / "state")}
+    proc = subprocess.Popen([sys.executable, "-m", "baldr_ops", "guard", "--memguard", "dry-run", "--grace", "2", "--",
+                             "sh", "-c", "sleep 60 & sleep 60"], env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 20
+    tree: list = []
+    while time.monotonic() < deadline:
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        if sum(1 for p in tree if p.name() == "sleep") == 2:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.Signals(sig))
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + sig, err
+    _, alive = psutil.wait_procs(tree, timeout=5)
+    assert alive == []
+    [box] = find_boxes(tmp_path / "state" / "blackbox")
+    assert read_box(box).clean
