@@ -186,12 +186,26 @@ def parse_layer_settings(spec: str, defaults: dict):
 
 
 def _texts(args) -> list[str]:
+    """The memory texts, read and checked before anything else happens (no model is loaded for a
+    file that turns out to be binary)."""
     texts = list(args.texts)
     if args.file:
+        name = "standard input" if args.file == "-" else args.file
         try:
-            content = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
+            if args.file == "-":
+                data = sys.stdin.buffer.read()
+            else:
+                with open(args.file, "rb") as fh:
+                    data = fh.read()
         except OSError as exc:
-            raise UserError(f"cannot read {args.file}: {exc.strerror}") from exc
+            raise UserError(f"cannot read {name}: {exc.strerror}") from exc
+        if b"\0" in data:
+            raise UserError(f"{name} is not text (it holds NUL bytes): memory texts are UTF-8, one per line")
+        try:
+            content = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{name} is not UTF-8 text (byte {exc.start}: {data[exc.start:exc.start + 1]!r})",
+                            hint="convert it first, e.g. iconv -f latin1 -t utf-8 FILE") from None
         texts += [line.strip() for line in content.splitlines() if line.strip()]
     return texts
 
