@@ -93,6 +93,7 @@ class CanaryChecked:
 class WorkDone:
     run: object
     code: int | None
+    error: str | None = None
 
 
 @dataclass(eq=False)
@@ -240,6 +241,8 @@ class Supervisor:
                 self.reporter.message(f"liveness check failed ({event.run.liveness_failures}/"
                                       f"{self.plan.supervision.liveness_failures})")
         elif isinstance(event, WorkDone):
+            if event.error:
+                self.reporter.message(f"the work after ready failed: {event.error}")
             self.done_code = event.code
         elif isinstance(event, CanaryChecked):
             self._canary_checked(event.run, event.check)
@@ -373,8 +376,14 @@ class Supervisor:
         self.reporter.ready(self.status, gate)
         if self.after_ready:
             run = self.current
-            threading.Thread(target=lambda: self.events.put(WorkDone(run, self.after_ready(self))),
-                             daemon=True, name="after-ready").start()
+
+            def work():
+                try:
+                    self.events.put(WorkDone(run, self.after_ready(self)))
+                except Exception as exc:  # noqa: BLE001 - the work failing ends the run, it must not hang it
+                    self.events.put(WorkDone(run, 1, f"{type(exc).__name__}: {exc}"))
+
+            threading.Thread(target=work, daemon=True, name="after-ready").start()
         return None
 
     # -- watch ---------------------------------------------------------------------------------

@@ -21,10 +21,12 @@ class MemGuardPlan(BaseModel):
     load_floor: int
     serve_floor: int
     weight_files: list[str] = []
+    trend_horizon_s: float = 60.0    # act when MemAvailable would reach zero within this
 
     def config(self, **overrides) -> GuardConfig:
         return GuardConfig(mode=self.mode, load_floor=self.load_floor, serve_floor=self.serve_floor,
-                           has_weight_files=bool(self.weight_files), **overrides)
+                           has_weight_files=bool(self.weight_files), trend_horizon_s=self.trend_horizon_s,
+                           **overrides)
 
     def note(self) -> str:
         return (f"memory guard: {self.mode} ({self.reason}); load floor {self.load_floor / GIB:.1f} GiB MemFree, "

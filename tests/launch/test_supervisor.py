@@ -315,3 +315,15 @@ def test_postmortem_is_a_versioned_document(tmp_path):
     assert doc.schema_version == "1.0" and doc.kind == "postmortem" and doc.returncode == 9
     assert doc.verdict.kind == "crash" and "something broke" in doc.errors[-1]
     assert doc.log_tail[-1] == "ERROR: something broke"
+
+
+def test_work_after_ready_that_raises_ends_the_run_instead_of_hanging_it(tmp_path):
+    sup, rundir = make(tmp_path, free_port())
+
+    def broken(_sup):
+        raise ConnectionError("the question could not be sent")
+
+    sup.after_ready = broken
+    assert sup.run() == 1
+    assert any("the work after ready failed: ConnectionError" in m for m in sup.reporter.messages)
+    assert rundir.read().state == "stopped"

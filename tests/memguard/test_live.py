@@ -108,7 +108,10 @@ def test_a_runaway_server_is_drained_then_killed_before_the_oom_killer(tmp_path,
                            "FAKE_ALLOC_CAP_MIB": "8192", "FAKE_LIFETIME_S": "120"},
                       host="127.0.0.1", port=port, served_name="fake", model="fake-model",
                       guard=decide_guard("off", None, True),
-                      memguard=MemGuardPlan(mode="on", reason="test", load_floor=1 << 20, serve_floor=serve_floor),
+                      # The floor is relative to a roomy machine's figures, so a runaway takes minutes to reach
+                      # zero: the trend horizon is widened to match (on a Spark at its floor, 60 s is the default).
+                      memguard=MemGuardPlan(mode="on", reason="test", load_floor=1 << 20, serve_floor=serve_floor,
+                                            trend_horizon_s=900),
                       supervision=Supervision(startup_timeout_s=30, grace_s=10, liveness_interval_s=1,
                                               max_restarts=0))
 
