@@ -22,12 +22,13 @@ import time
 from pathlib import Path
 
 from baldr_ops.memguard.blackbox import BlackBox
-from baldr_ops.memguard.policy import GIB, GuardConfig
-from baldr_ops.memguard.runtime import LOAD_PERIOD_S, GuardRuntime
+from baldr_ops.memguard.policy import DEFAULT_HZ, GIB, GuardConfig
+from baldr_ops.memguard.runtime import GuardRuntime
 
 SECONDS = float(os.environ.get("BENCH_GUARD_S", "20"))
 ROUNDS = int(os.environ.get("BENCH_GUARD_ROUNDS", "20"))
 CPU_TARGET_PCT = 0.5
+LOAD_PERIOD_S = 1 / DEFAULT_HZ[0]
 LATENCY_TARGET_S = LOAD_PERIOD_S + 0.05
 
 

@@ -89,6 +89,8 @@ CASES = [
     ("floor-percent-too-big", ["launch", "--floor", "101%"], 2, r"bad --floor", None),
     ("load-floor-word", ["launch", "--load-floor", "lots"], 2, r"bad --load-floor", None),
     ("serve-floor-above-memtotal", ["launch", "--serve-floor", "100T"], 2, r"is at or above this machine's memory", None),
+    ("memguard-hz-shape", ["launch", "--memguard-hz", "4-1"], 2, r"--memguard-hz .* is not LOAD:SERVE", None),
+    ("memguard-hz-range", ["launch", "--memguard-hz", "100:1"], 2, r"--memguard-hz .* is out of range", None),
     ("canary-expect-regex", ["launch", "--canary-expect", "(Paris"], 2, r"not a regular expression", None),
     ("canary-every-word", ["launch", "--canary-every", "soon"], 2, r"--canary-every 'soon' is not a duration", None),
     ("canary-every-zero", ["launch", "--canary-every", "0"], 2, r"--canary-every '0' is out of range", None),

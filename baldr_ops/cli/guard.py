@@ -33,6 +33,8 @@ def register(subparsers) -> None:
                    help="on acts; dry-run logs what it would do (default auto: on with a unified-memory GPU)")
     p.add_argument("--load-floor", metavar="SIZE", help="MemFree floor while loading (default scaled to the machine)")
     p.add_argument("--serve-floor", metavar="SIZE", help="MemAvailable floor while serving (default scaled)")
+    p.add_argument("--memguard-hz", metavar="LOAD:SERVE",
+                   help="samples a second while loading and while serving (default 4:1)")
     p.add_argument("--weights", nargs="+", default=[], metavar="PATH",
                    help="weight files or model directories the command loads (what fadvise drops)")
     p.add_argument("--ready-regex", metavar="REGEX", help="output line that means loading is over")
@@ -53,7 +55,7 @@ def run(args) -> int:
     from baldr_ops.memguard.reclaim import may_write_vm
     from baldr_ops.memguard.watch import default_box_name, exit_code, run_guarded
     from baldr_ops.paths import blackbox_root
-    from baldr_ops.plan.memguard import decide_memguard, guard_floors, weight_files
+    from baldr_ops.plan.memguard import decide_memguard, guard_floors, sample_rates, weight_files
     from baldr_ops.system.meminfo import read_meminfo
     from baldr_ops.system.nvml import read_gpu_summary
 
@@ -83,7 +85,8 @@ def run(args) -> int:
     gpu = read_gpu_summary()
     floors = guard_floors(args.memguard, meminfo.total if meminfo.available else None, args.load_floor,
                           args.serve_floor)
-    plan = decide_memguard(args.memguard, bool(gpu.present and gpu.unified), floors, Path("."))
+    rates = sample_rates(args.memguard_hz)
+    plan = decide_memguard(args.memguard, bool(gpu.present and gpu.unified), floors, Path("."), rates)
     plan = plan.model_copy(update={"weight_files": files})
     name = args.name or default_box_name(argv)
     if not re.fullmatch(r"[A-Za-z0-9._-]{1,80}", name):
@@ -95,7 +98,7 @@ def run(args) -> int:
     try:
         result = run_guarded(argv, plan.config(drop_caches_permitted=may_write_vm()), files, box,
                              ready_regex=args.ready_regex, ready_after_s=args.ready_after, grace_s=args.grace,
-                             reason=plan.reason)
+                             reason=plan.reason, rates=(plan.load_hz, plan.serve_hz))
     except FileNotFoundError:
         raise UserError(f"command not found: {argv[0]}") from None
     except PermissionError:

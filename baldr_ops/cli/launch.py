@@ -60,6 +60,8 @@ def register(subparsers) -> None:
                    "machines, scaled down on smaller ones)")
     p.add_argument("--serve-floor", metavar="SIZE", help="MemAvailable floor while serving (default 4G on 64 GiB+ "
                    "machines, scaled down on smaller ones)")
+    p.add_argument("--memguard-hz", metavar="LOAD:SERVE", help="memory guard samples a second while loading and "
+                   "while serving (default 4:1)")
     p.add_argument("--precompiled", metavar="DIR", help="start from a `baldr-ops compile --export` bundle; used "
                    "only if its manifest matches this machine and request (else it says why and compiles)")
     p.add_argument("--force", action="store_true", help="launch even when preflight says the model does not fit")
@@ -114,7 +116,7 @@ def _request(args):
         quantization_encoding=args.quantization_encoding, max_length=args.max_length,
         max_batch_size=args.max_batch_size, cap=args.cap, floor=args.floor, guard=args.guard, shim=args.shim,
         force=args.force, telemetry=args.telemetry, memguard=args.memguard, load_floor=args.load_floor,
-        serve_floor=args.serve_floor, canary_prompt=args.canary_prompt, canary_expect=args.canary_expect,
+        serve_floor=args.serve_floor, memguard_hz=args.memguard_hz, canary_prompt=args.canary_prompt, canary_expect=args.canary_expect,
         canary_file=Path(args.canary_file) if args.canary_file else None, canary_every=args.canary_every,
         precompiled=Path(args.precompiled) if args.precompiled else None, extra_args=extra,
         supervision=Supervision(startup_timeout_s=args.startup_timeout, grace_s=args.grace,

@@ -191,7 +191,7 @@ class Supervisor:
             return None
         return GuardRuntime(mg.config(drop_caches_permitted=may_write_vm()), mg.weight_files, deliver=self.events.put,
                             blackbox=BlackBox(blackbox_root() / f"port-{plan.port}"), reason=mg.reason,
-                            log=lambda text: self.reporter.message(text))
+                            log=lambda text: self.reporter.message(text), rates=(mg.load_hz, mg.serve_hz))
 
     @property
     def proc(self) -> subprocess.Popen | None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 GIB = 1 << 30
+DEFAULT_HZ = (4.0, 1.0)   # samples a second: 4 from start to ready (a load flood moves fast), 1 while serving
 Phase = Literal["loading", "serving", "draining"]
 Mode = Literal["on", "dry-run", "off"]
 ACTIONS = ("warn", "fadvise", "drop_caches", "compact", "drain", "kill")

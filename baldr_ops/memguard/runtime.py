@@ -20,12 +20,10 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 
 from baldr_ops.memguard.blackbox import BlackBox
-from baldr_ops.memguard.policy import GIB, RECLAIM, Decision, GuardConfig, MemGuard, Phase, Sample
+from baldr_ops.memguard.policy import DEFAULT_HZ, GIB, RECLAIM, Decision, GuardConfig, MemGuard, Phase, Sample
 from baldr_ops.memguard.reclaim import ActionResult, compact_memory, drop_caches, fadvise_dontneed
 from baldr_ops.memguard.sample import Sampler
 
-LOAD_PERIOD_S = 0.25    # 4 Hz from start to ready: a load flood moves fast
-SERVE_PERIOD_S = 1.0    # 1 Hz while serving
 
 
 @dataclass(frozen=True)
@@ -71,7 +69,8 @@ class MemGuardStatus(BaseModel):
 class GuardRuntime:
     def __init__(self, config: GuardConfig, weight_files: list[str] | None = None,
                  deliver: Callable[[object], None] | None = None, blackbox: BlackBox | None = None,
-                 root: str = "/", reason: str = "", clock=time.monotonic, log: Callable[[str], None] | None = None):
+                 root: str = "/", reason: str = "", clock=time.monotonic, log: Callable[[str], None] | None = None,
+                 rates: tuple[float, float] = DEFAULT_HZ):
         self.config = config
         self.policy = MemGuard(config)
         self.weight_files = list(weight_files or [])
@@ -81,6 +80,7 @@ class GuardRuntime:
         self.clock = clock
         self.log = log or (lambda _text: None)
         self.phase: Phase = "loading"
+        self.load_period_s, self.serve_period_s = 1 / rates[0], 1 / rates[1]
         self.counts: Counter = Counter()
         self.status = MemGuardStatus(mode=config.mode, reason=reason, load_floor=config.load_floor,
                                      serve_floor=config.serve_floor,
@@ -97,7 +97,7 @@ class GuardRuntime:
 
     # -- the sampler thread ----------------------------------------------------------------------
     def period(self) -> float:
-        return LOAD_PERIOD_S if self.phase == "loading" else SERVE_PERIOD_S
+        return self.load_period_s if self.phase == "loading" else self.serve_period_s
 
     def start(self) -> None:
         if self.config.mode == "off" or self._thread is not None:

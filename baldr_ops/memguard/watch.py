@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from baldr_ops.memguard.blackbox import BlackBox
-from baldr_ops.memguard.policy import GuardConfig
+from baldr_ops.memguard.policy import DEFAULT_HZ, GuardConfig
 from baldr_ops.memguard.runtime import GuardRuntime, MemGuardStatus
 from baldr_ops.process import LogLine, PumpEnded, SignalReceived, end_session
 
@@ -35,10 +35,10 @@ class WatchResult:
 def run_guarded(argv: list[str], config: GuardConfig, weight_files: list[str], blackbox: BlackBox,
                 ready_regex: str | None = None, ready_after_s: float = 600.0, grace_s: float = 30.0,
                 say: Callable[[str], None] = lambda text: print(text, file=sys.stderr, flush=True),
-                reason: str = "") -> WatchResult:
+                reason: str = "", rates: tuple[float, float] = DEFAULT_HZ) -> WatchResult:
     events: queue.SimpleQueue = queue.SimpleQueue()
     guard = GuardRuntime(config, weight_files, deliver=events.put, blackbox=blackbox, reason=reason,
-                         log=lambda text: say(f"baldr-ops guard: {text}"))
+                         log=lambda text: say(f"baldr-ops guard: {text}"), rates=rates)
     pattern = re.compile(ready_regex) if ready_regex else None
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True,
                             stdout=subprocess.PIPE if pattern else None,

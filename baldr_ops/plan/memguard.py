@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from baldr_ops.errors import UserError
-from baldr_ops.memguard.policy import GIB, GuardConfig, default_load_floor, default_serve_floor
+from baldr_ops.memguard.policy import DEFAULT_HZ, GIB, GuardConfig, default_load_floor, default_serve_floor
 from baldr_ops.sizes import parse_spec
 
 MEMGUARD_MODES = ("auto", "on", "off", "dry-run")
@@ -22,6 +22,8 @@ class MemGuardPlan(BaseModel):
     serve_floor: int
     weight_files: list[str] = []
     trend_horizon_s: float = 60.0    # act when MemAvailable would reach zero within this
+    load_hz: float = DEFAULT_HZ[0]   # samples a second from start to ready
+    serve_hz: float = DEFAULT_HZ[1]  # and while serving
 
     def config(self, **overrides) -> GuardConfig:
         return GuardConfig(mode=self.mode, load_floor=self.load_floor, serve_floor=self.serve_floor,
@@ -66,7 +68,22 @@ def guard_floors(requested: str, mem_total: int | None, load_floor: str | None =
             _floor(serve_floor, "--serve-floor", default_serve_floor(mem_total), mem_total))
 
 
-def decide_memguard(requested: str, unified_gpu: bool, floors: tuple[int, int] | None, model: Path) -> MemGuardPlan:
+def sample_rates(text: str | None) -> tuple[float, float]:
+    """``--memguard-hz LOAD:SERVE`` (default 4:1): samples a second while loading and while serving."""
+    if text is None:
+        return DEFAULT_HZ
+    try:
+        load, serve = (float(x) for x in str(text).split(":"))
+    except ValueError:
+        raise UserError(f"--memguard-hz {text!r} is not LOAD:SERVE", hint="e.g. 4:1 (4 samples a second while "
+                        "loading, 1 while serving)") from None
+    if not (0.1 <= load <= 20 and 0.1 <= serve <= 20):
+        raise UserError(f"--memguard-hz {text!r} is out of range", hint="each rate between 0.1 and 20 samples a second")
+    return load, serve
+
+
+def decide_memguard(requested: str, unified_gpu: bool, floors: tuple[int, int] | None, model: Path,
+                    rates: tuple[float, float] = DEFAULT_HZ) -> MemGuardPlan:
     """auto: on for a unified-memory GPU (where a flood of page cache wedges the host), dry-run
     elsewhere (it logs what it would do)."""
     if floors is None:
@@ -77,4 +94,5 @@ def decide_memguard(requested: str, unified_gpu: bool, floors: tuple[int, int] |
                         ("dry-run", "no unified-memory GPU: logs what it would do"))
     else:
         mode, reason = requested, f"--memguard {requested}"
-    return MemGuardPlan(mode=mode, reason=reason, load_floor=loads, serve_floor=serves, weight_files=weight_files(model))
+    return MemGuardPlan(mode=mode, reason=reason, load_floor=loads, serve_floor=serves, weight_files=weight_files(model),
+                        load_hz=rates[0], serve_hz=rates[1])

@@ -61,6 +61,7 @@ class LaunchRequest(BaseModel):
     memguard: str = "auto"               # auto | on | off | dry-run
     load_floor: str | None = None        # MemFree floor while loading (default: scaled to the machine)
     serve_floor: str | None = None       # MemAvailable floor while serving
+    memguard_hz: str | None = None       # LOAD:SERVE samples a second (default 4:1)
     extra_args: list[str] = Field(default_factory=list)
     supervision: Supervision = Supervision()
 

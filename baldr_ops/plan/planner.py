@@ -28,7 +28,7 @@ from baldr_ops.plan import validate
 from baldr_ops.plan.canary import DEMO_CANARY, GENERIC_PROMPT, Canary, load_canary_file
 from baldr_ops.plan.fit import floor_bytes, judge_fit
 from baldr_ops.plan.guard import GuardDecision, decide_guard, is_affected
-from baldr_ops.plan.memguard import decide_memguard, guard_floors
+from baldr_ops.plan.memguard import decide_memguard, guard_floors, sample_rates
 from baldr_ops.plan.model import Hardware, LaunchPlan, LaunchRequest
 from baldr_ops.system.meminfo import read_meminfo
 from baldr_ops.system.nvml import read_gpu_summary
@@ -124,6 +124,7 @@ def plan_launch(request: LaunchRequest, progress=lambda _msg: None,
     floors = guard_floors(request.memguard, meminfo.total if meminfo.available else None, request.load_floor,
                           request.serve_floor)
     floor_bytes(request.floor, meminfo)   # a bad --floor is found before anything slow
+    rates = sample_rates(request.memguard_hz)
     canaries = plan_canaries(request)    # a bad canary file, regex or duration too
     canary_every = parse_duration(request.canary_every, "--canary-every") if request.canary_every else None
     quirks = require_max()
@@ -141,7 +142,7 @@ def plan_launch(request: LaunchRequest, progress=lambda _msg: None,
     notes.append(f"model {served_name}: {footprint.summary()}")
     notes.append("memory " + check_memory(meminfo, footprint, request.floor, request.force))
     memguard = decide_memguard(request.memguard, bool(hardware.gpu and hardware.unified and devices.startswith("gpu")),
-                               floors, model_path)
+                               floors, model_path, rates)
     notes.append(memguard.note())
 
     guard = decide_guard(request.guard, hardware.compute_capability if devices.startswith("gpu") else None,

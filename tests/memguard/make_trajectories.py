@@ -19,9 +19,8 @@ from tests.doctor.make_fixtures import buddy, meminfo, psi
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "trajectories")
 GIB_KB = 1024 * 1024
-# DGX Spark (GB10): the kernel reports about 121 GiB of the 128 GB LPDDR5x (NemoClaw#3251: 5.6 GiB
-# available "out of 121 GiB").
-GB10_TOTAL_KB = 121 * GIB_KB
+# DGX Spark (GB10): MemTotal is 121.69-121.7 GiB in every field report (NemoClaw#3251 and others).
+GB10_TOTAL_KB = int(121.69 * GIB_KB)
 NVRM_LINE = ("NVRM: nvCheckOkFailedNoLog: Check failed: Out of memory [NV_ERR_NO_MEMORY] (0x00000051) returned "
              "from _memdescAllocInternal(pMemDesc) @ mem_desc.c:1359")
 
@@ -79,15 +78,19 @@ def load_flood() -> None:
 
 def false_positive() -> None:
     """Serving, MemFree under 2 GiB for 5 s while MemAvailable sits at 7 GiB of reclaimable cache, no
-    pressure, no NVRM line: a watchdog that killed here killed a healthy server and its request
-    (MiaAI-Lab/Qwen3.8-Flash-Next-Single-DGX-Spark issue #3, PR #54). 1 Hz samples."""
+    pressure, no NVRM line: a watchdog that killed here killed a healthy server and its request.
+    The five samples are the watchdog's own log lines, 22:29:26-22:29:30 (MiaAI-Lab/Qwen3.8-Flash-
+    Next-Single-DGX-Spark PR #54): MemFree / MemAvailable in MiB. 1 Hz samples."""
+    logged = [(1466, 7071), (1362, 6969), (1423, 7055), (1311, 7023), (1222, 7039)]
+    mib = 1 / 1024
+    samples = [(3600, 7100)] * 3 + logged + [(3500, 7080)] * 4
     steps = []
-    for i in range(12):
-        free = 1.2 if 3 <= i <= 9 else 3.5
-        steps.append({"t": float(i), "phase": "serving", "meminfo": gb10_meminfo(free, 7.0, 6.3),
+    for i, (free_mib, avail_mib) in enumerate(samples):
+        free, avail = free_mib * mib, avail_mib * mib
+        steps.append({"t": float(i), "phase": "serving", "meminfo": gb10_meminfo(free, avail, avail - free + 0.5),
                       "psi": psi(some=(0.4, 0.2, 0.1, 1000)), "buddy": buddy(normal_zone(free, 0.3))})
-    write("false_positive", "MemFree 1.2 GiB for 7 s, MemAvailable 7 GiB, no PSI, no NVRM (MiaAI-Lab issue #3, "
-          "PR #54)", steps)
+    write("false_positive", "MemFree 1222-1466 MiB for 5 samples while MemAvailable stayed 6969-7071 MiB, no NVRM "
+          "line (the watchdog's log in MiaAI-Lab/Qwen3.8-Flash-Next-Single-DGX-Spark PR #54)", steps)
 
 
 def real_exhaustion() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -28,6 +29,10 @@ def _isolated(tmp_path, monkeypatch):
     (["--serve-floor=-1G"], "bad --serve-floor"),
     (["--load-floor", "100T"], "is at or above this machine's memory"),
     (["--serve-floor", "100%"], "is at or above this machine's memory"),
+    (["--memguard-hz", "4"], "is not LOAD:SERVE"),
+    (["--memguard-hz", "fast:1"], "is not LOAD:SERVE"),
+    (["--memguard-hz", "0:1"], "is out of range"),
+    (["--memguard-hz", "4:nan"], "is out of range"),
 ])
 def test_bad_floors_stop_launch_and_guard_at_the_door(capsys, tmp_path, argv, message):
     for command in (["launch", "--model", str(tmp_path / "absent")], ["guard"]):
@@ -85,3 +90,17 @@ def test_a_signal_drains_the_guarded_command_and_its_children(tmp_path, sig):
     assert alive == []
     [box] = find_boxes(tmp_path / "state" / "blackbox")
     assert read_box(box).clean
+
+
+def test_memguard_hz_sets_how_often_the_guard_samples(capsys, tmp_path):
+    """The black box keeps every sample: 20 a second over 1.5 s leaves many, 1 a second a few."""
+    from baldr_ops.memguard.blackbox import find_boxes, read_box
+
+    counts = {}
+    for rate in ("20:20", "1:1"):
+        code, _ = run_cli(capsys, "guard", "--memguard", "dry-run", "--memguard-hz", rate, "--name", f"hz-{rate[0]}",
+                          "--", sys.executable, "-c", "import time; time.sleep(1.5)")
+        assert code == 0
+        [box] = [b for b in find_boxes(tmp_path / "state" / "blackbox") if Path(b).name == f"hz-{rate[0]}"]
+        counts[rate] = sum(1 for record in read_box(box).records if record["kind"] == "sample")
+    assert counts["20:20"] >= 10 and counts["1:1"] <= 4, counts
