@@ -7,6 +7,9 @@ CFLAGS    ?= -O2 -g -Wall -Wextra -Werror -fPIC -fvisibility=hidden -pthread
 SHIM_SRC  := $(wildcard csrc/*.c)
 SHIM_HDR  := $(wildcard csrc/*.h)
 SHIM      := shims/libbaldr_memcap.so
+SHIM_FFI  := shims/_baldr_memcap_cffi.py
+# cffi generates the Python side; the venv has it, a bare box may have it system-wide.
+FFI_PY    := $(if $(wildcard $(VPY)),$(VPY),$(PY))
 PYTEST    := $(VPY) -m pytest
 PYTEST_ARGS ?=
 
@@ -23,12 +26,17 @@ $(VENV)/.stamp: pyproject.toml
 
 setup: $(VENV)/.stamp
 
-shim: $(SHIM)
+shim: $(SHIM) $(SHIM_FFI)
 
 # Built under a temporary name and renamed, so a concurrent build never leaves a half-written file.
 $(SHIM): $(SHIM_SRC) $(SHIM_HDR)
 	@mkdir -p shims
 	$(CC) $(CFLAGS) -shared -o $@.$$$$.tmp $(SHIM_SRC) -ldl && mv -f $@.$$$$.tmp $@
+
+# The C API's type tables for Python (cffi out-of-line ABI mode): no C parsing at start-up.
+$(SHIM_FFI): csrc/baldr_memcap.h csrc/ffi_build.py
+	@mkdir -p shims
+	$(FFI_PY) csrc/ffi_build.py csrc/baldr_memcap.h $@ >/dev/null
 
 # Sanitizer builds of the shim (preload the matching runtime first); tests/shim builds its own.
 shim-asan: shims/libbaldr_memcap_asan.so
@@ -58,4 +66,4 @@ lint: setup
 	$(VPY) -m ruff check baldr_ops tests bench scripts
 
 clean:
-	rm -rf shims/*.so build *.egg-info
+	rm -rf shims/*.so $(SHIM_FFI) build *.egg-info

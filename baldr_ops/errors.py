@@ -17,3 +17,11 @@ class UserError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread as SIGINT raises KeyboardInterrupt, so that cleanup runs."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"terminated by signal {signum}")
+        self.signum = signum

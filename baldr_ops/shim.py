@@ -1,10 +1,9 @@
-"""The memory-cap shim from Python: find or build ``libbaldr_memcap.so``, compute the environment
-that preloads it into a child, and read a budget's live ledger.
+"""The memory-cap shim from Python: the environment that preloads it into a child, a budget's
+live ledger, and the shim's own view of memory (what its memory queries will answer).
 
-The size syntax, the free-memory formula and the ledger reader are the shim's own C functions,
-called through cffi (the library doubles as a plain shared library when it is dlopen'ed rather
-than preloaded), so Python and the preloaded library can never disagree. Importing this module is
-cheap: nothing is built or loaded until a function needs it.
+These are the shim's own C functions, called through cffi (:mod:`baldr_ops.native`), so Python and
+the preloaded library can never disagree; sizes go through :mod:`baldr_ops.sizes`, the one grammar.
+The library is built by `make shim` (or `baldr-ops shim build`, which runs it), never on demand.
 """
 
 from __future__ import annotations
@@ -13,18 +12,13 @@ import os
 import re
 import shutil
 import subprocess
-import threading
 from pathlib import Path
 
 from pydantic import BaseModel
 
 from baldr_ops.errors import UserError
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CSRC = REPO_ROOT / "csrc"
-DEFAULT_LIBRARY = REPO_ROOT / "shims" / "libbaldr_memcap.so"
-ENV_PATH = "BALDR_SHIM_PATH"
-NO_CAP = (1 << 64) - 1
+from baldr_ops.native import DEFAULT_LIBRARY, NO_CAP, REPO_ROOT, library_path, load
+from baldr_ops.sizes import parse_spec
 
 # The environment the shim reads at load (docs/shim.md has the table).
 ENV_LIMIT = "BALDR_MEMCAP_LIMIT"
@@ -35,9 +29,6 @@ ENV_ON_ERROR = "BALDR_MEMCAP_ON_ERROR"
 ENV_MEMINFO = "BALDR_MEMCAP_MEMINFO"
 SHIM_ENV = (ENV_LIMIT, ENV_FLOOR, ENV_BUDGET, ENV_UNIFIED, ENV_ON_ERROR, ENV_MEMINFO)
 DEFAULT_BUDGET = "default"
-
-_lock = threading.Lock()
-_loaded: tuple | None = None  # (ffi, lib, path)
 
 
 class ProcessUsage(BaseModel):
@@ -58,149 +49,22 @@ class LedgerState(BaseModel):
     processes: list[ProcessUsage]
 
 
-# ---- building and loading ------------------------------------------------------------------------
-
-
-def _stale(lib: Path) -> bool:
-    if not lib.exists():
-        return True
-    built = lib.stat().st_mtime
-    return any(p.stat().st_mtime > built for p in CSRC.glob("*.[ch]"))
-
-
 def build_library(force: bool = False) -> Path:
-    """Build shims/libbaldr_memcap.so as `make shim` does (only when missing or out of date)."""
-    if not CSRC.is_dir():
-        raise UserError(f"the shim's C sources are not at {CSRC}",
-                        hint=f"run from a baldr-ops checkout, or set {ENV_PATH} to a built library")
-    if not force and not _stale(DEFAULT_LIBRARY):
-        return DEFAULT_LIBRARY
+    """Run `make shim` in this checkout (the explicit `baldr-ops shim build`)."""
     make = shutil.which("make")
-    cc = shutil.which(os.environ.get("CC", "cc"))
-    if cc is None:
-        raise UserError("cannot build the memory-cap shim: no C compiler (cc) found",
-                        hint="install a C compiler (e.g. apt-get install build-essential) and run 'make shim'")
-    if make and (REPO_ROOT / "Makefile").exists():
-        cmd = [make, "-s", *(["-B"] if force else []), "-C", str(REPO_ROOT), "shim"]
-    else:  # the Makefile's recipe, for a tree without make
-        DEFAULT_LIBRARY.parent.mkdir(parents=True, exist_ok=True)
-        tmp = DEFAULT_LIBRARY.with_suffix(f".so.{os.getpid()}.tmp")
-        cmd = [cc, "-O2", "-g", "-Wall", "-Wextra", "-Werror", "-fPIC", "-fvisibility=hidden", "-pthread",
-               "-shared", "-o", str(tmp), *sorted(str(p) for p in CSRC.glob("*.c")), "-ldl"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if make is None or not (REPO_ROOT / "Makefile").is_file():
+        raise UserError("cannot build the memory-cap shim here: 'make' or the checkout's Makefile is missing",
+                        hint="build from a baldr-ops checkout with make and a C compiler, or set BALDR_SHIM_PATH")
+    proc = subprocess.run([make, "-s", *(["-B"] if force else []), "-C", str(REPO_ROOT), "shim"],
+                          capture_output=True, text=True)
     if proc.returncode != 0:
         last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         raise UserError(f"building the memory-cap shim failed: {last[0]}", hint="run 'make shim' to see the whole error")
-    if cmd[0] == cc:
-        os.replace(tmp, DEFAULT_LIBRARY)
     return DEFAULT_LIBRARY
-
-
-def library_path(build: bool = False) -> Path:
-    """Where the shim is: $BALDR_SHIM_PATH, else shims/libbaldr_memcap.so in this checkout
-    (built first when `build` and it is missing or older than its sources)."""
-    explicit = os.environ.get(ENV_PATH)
-    if explicit:
-        path = Path(explicit)
-        if not path.is_file():
-            raise UserError(f"{ENV_PATH}={explicit} does not exist", hint=f"unset {ENV_PATH} or point it at the built library")
-        return path.resolve()
-    if build:
-        return build_library()
-    if not DEFAULT_LIBRARY.exists():
-        raise UserError(f"the memory-cap shim is not built ({DEFAULT_LIBRARY})", hint="run 'make shim'")
-    return DEFAULT_LIBRARY
-
-
-def _cdef() -> str:
-    text = (CSRC / "baldr_memcap.h").read_text() if (CSRC / "baldr_memcap.h").exists() else ""
-    m = re.search(r"/\* cffi-begin \*/(.*)/\* cffi-end \*/", text, re.S)
-    if not m:
-        raise UserError("csrc/baldr_memcap.h is missing its cffi section", hint="restore it from git")
-    return m.group(1)
-
-
-def _lib():
-    """The shim loaded as a library (it stays passive: no hooks act in this process)."""
-    global _loaded
-    with _lock:
-        if _loaded is None:
-            import cffi
-
-            path = library_path(build=True)
-            ffi = cffi.FFI()
-            ffi.cdef(_cdef())
-            try:
-                lib = ffi.dlopen(str(path))
-            except OSError as exc:
-                raise UserError(f"cannot load the memory-cap shim {path}: {exc}", hint="rebuild it with 'make shim'") from exc
-            _loaded = (ffi, lib, path)
-        return _loaded[0], _loaded[1]
-
-
-# ---- sizes ------------------------------------------------------------------------------------------
-
-class SizeSpec(BaseModel):
-    text: str
-    bytes: int | None = None  # set for an absolute size
-    percent: float | None = None  # set for a percentage of the device total
-
-    def resolve(self, total: int | None) -> int:
-        if self.bytes is not None:
-            return self.bytes
-        if total is None:
-            raise UserError(f"{self.text}: a percentage needs the device total", hint="give an absolute size such as 100G")
-        return int(total * round(self.percent * 100) // 10000)
-
-
-def parse_spec(text: str, what: str = "size", allow_percent: bool = True) -> SizeSpec:
-    """Parse a size exactly as the shim will (C parser via cffi); UserError on bad input."""
-    text = str(text).strip()
-    try:
-        ffi, lib = _lib()
-    except UserError:
-        return _parse_spec_py(text, what, allow_percent)
-    b = ffi.new("unsigned long long *")
-    cp = ffi.new("unsigned int *")
-    err = ffi.new("char[256]")
-    if lib.baldr_memcap_parse_size(text.encode(), int(allow_percent), b, cp, err, 256) != 0:
-        raise UserError(f"bad {what}: {ffi.string(err).decode()}",
-                        hint="sizes are bytes or binary K/M/G/T (e.g. 100G, 1.5T)" + (", or a percentage such as 90%" if allow_percent else ""))
-    if cp[0]:
-        return SizeSpec(text=text, percent=cp[0] / 100)
-    return SizeSpec(text=text, bytes=int(b[0]))
-
-
-_SIZE_RE = re.compile(r"^(\d+)(?:\.(\d+))?(?:([KMGTkmgt])(?:[iI])?[bB]?|[bB])?$")
-_PCT_RE = re.compile(r"^(\d+)(?:\.(\d{1,2}))?%$")
-
-
-def _parse_spec_py(text: str, what: str, allow_percent: bool) -> SizeSpec:
-    """Fallback where the shim cannot be built (no compiler): the same grammar, checked against the
-    C parser by tests/shim/test_python.py."""
-    hint = "sizes are bytes or binary K/M/G/T (e.g. 100G, 1.5T)"
-    m = _PCT_RE.match(text)
-    if m and allow_percent:
-        cp = int(m.group(1)) * 100 + int((m.group(2) or "0").ljust(2, "0"))
-        if 0 < cp <= 10000:
-            return SizeSpec(text=text, percent=cp / 100)
-    m = _SIZE_RE.match(text)
-    if m and not (m.group(2) and not m.group(3)):
-        shift = {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}[(m.group(3) or "").upper()]
-        frac = m.group(2) or ""
-        value = (int(m.group(1)) << shift) + ((int(frac[:12] or "0") << shift) // 10 ** len(frac[:12]))
-        if value < NO_CAP:
-            return SizeSpec(text=text, bytes=value)
-    raise UserError(f"bad {what}: {text!r}", hint=hint)
-
-
-def parse_size(text: str, total: int | None = None) -> int:
-    """Bytes for a size such as 8G, 512M, 1.5T or (given the total) 90%."""
-    return parse_spec(text).resolve(total)
 
 
 def check_budget(name: str) -> str:
-    ffi, lib = _lib()
+    ffi, lib = load()
     err = ffi.new("char[256]")
     if lib.baldr_memcap_check_budget(str(name).encode(), err, 256) != 0:
         raise UserError(f"bad budget: {ffi.string(err).decode()}", hint="use letters, digits, '.', '_' or '-'")
@@ -242,7 +106,7 @@ def child_env(limit: str | None = None, floor: str | None = None, budget: str | 
     for name in SHIM_ENV:  # do not let the parent's settings leak into the child's
         if name not in env and base.get(name):
             env[name] = ""
-    lib = str(library_path(build=True))
+    lib = str(library_path())
     preload = [p for p in re.split(r"[: ]", base.get("LD_PRELOAD", "")) if p and p != lib]
     env["LD_PRELOAD"] = ":".join([lib, *preload])
     return env
@@ -251,7 +115,7 @@ def child_env(limit: str | None = None, floor: str | None = None, budget: str | 
 # ---- reading ----------------------------------------------------------------------------------------
 
 def ledger_path(budget: str = DEFAULT_BUDGET) -> str:
-    ffi, lib = _lib()
+    ffi, lib = load()
     out = ffi.new("char[512]")
     lib.baldr_memcap_ledger_path(check_budget(budget).encode(), out, 512)
     return ffi.string(out).decode()
@@ -259,7 +123,7 @@ def ledger_path(budget: str = DEFAULT_BUDGET) -> str:
 
 def read_ledger(budget: str = DEFAULT_BUDGET) -> LedgerState | None:
     """The budget's ledger now, or None if no process has used this budget since boot."""
-    ffi, lib = _lib()
+    ffi, lib = load()
     view = ffi.new("struct baldr_memcap_view *")
     rc = lib.baldr_memcap_ledger_read(check_budget(budget).encode(), view)
     if rc == -2:  # ENOENT
@@ -273,7 +137,10 @@ def read_ledger(budget: str = DEFAULT_BUDGET) -> LedgerState | None:
                        committed=int(view.committed), dead_used=int(view.dead_used), processes=procs)
 
 
-class MemInfo(BaseModel):
+class ShimMemory(BaseModel):
+    """/proc/meminfo as the shim's C reader sees it (hugepages included); see system.meminfo for
+    doctor's reader, which never raises."""
+
     mem_total: int
     mem_free: int
     mem_available: int
@@ -283,18 +150,19 @@ class MemInfo(BaseModel):
     available_eff: int  # what the shim counts as available: MemAvailable, or free hugepages
 
 
-def read_meminfo(path: str | None = None) -> MemInfo:
-    ffi, lib = _lib()
+def read_shim_memory(path: str | None = None) -> ShimMemory:
+    """The shim's view of memory; raises UserError when the file cannot be read."""
+    ffi, lib = load()
     m = ffi.new("struct baldr_memcap_meminfo *")
     rc = lib.baldr_memcap_meminfo_read((path or "").encode(), m)
     if rc != 0:
         raise UserError(f"cannot read {path or '/proc/meminfo'} ({os.strerror(-rc)})")
-    return MemInfo(**{k: int(getattr(m, k)) for k in MemInfo.model_fields})
+    return ShimMemory(**{k: int(getattr(m, k)) for k in ShimMemory.model_fields})
 
 
 def free_figure(cap: int | None, committed: int, available: int, floor: int, total: int) -> int:
     """The shim's free-memory formula: min(cap - committed, available - floor), clamped to [0, total]."""
-    _, lib = _lib()
+    _, lib = load()
     return int(lib.baldr_memcap_free_figure(NO_CAP if cap is None else cap, committed, available, floor, total))
 
 
@@ -303,10 +171,10 @@ def planning_free_bytes(env: dict[str, str] | os._Environ | None = None) -> int:
     environment (default: this process's), meminfo and the live ledger. MemTotal stands in for the
     device total, as the integrated GPU's total is about that."""
     env = os.environ if env is None else env
-    info = read_meminfo(env.get(ENV_MEMINFO) or None)
+    info = read_shim_memory(env.get(ENV_MEMINFO) or None)
     total = info.mem_total
-    cap = parse_spec(env[ENV_LIMIT], "limit").resolve(total) if env.get(ENV_LIMIT) else None
-    floor = parse_spec(env[ENV_FLOOR], "floor").resolve(total) if env.get(ENV_FLOOR) else 0
+    cap = parse_spec(env[ENV_LIMIT], "limit").resolve(total, "limit") if env.get(ENV_LIMIT) else None
+    floor = parse_spec(env[ENV_FLOOR], "floor").resolve(total, "floor") if env.get(ENV_FLOOR) else 0
     ledger = read_ledger(env.get(ENV_BUDGET) or DEFAULT_BUDGET)
     committed = ledger.committed - ledger.dead_used if ledger else 0
     shown_total = total if cap is None else min(cap, total)

@@ -105,7 +105,7 @@ def _run(d: Path, env: dict, what: str, threads: int, iters: int, procs: int = 1
 def main() -> int:
     from baldr_ops import shim
 
-    lib = shim.library_path(build=True)
+    lib = shim.library_path()
     budgets = []
     with tempfile.TemporaryDirectory(prefix="bench-shim-") as tmp:
         d = Path(tmp)

@@ -1,5 +1,8 @@
 /* Configuration from the environment, the size syntax, /proc/meminfo and the free-memory formula.
- * Everything here runs at load, at query time or from Python; nothing is on the allocation path. */
+ * Parsing and configuration run at load, at query time or from Python. Two helpers are reached from
+ * allocations: bm_now_coarse_ns (CLOCK_MONOTONIC_COARSE, a vDSO read, no syscall) on the fast path
+ * when a floor is active, and bm_meminfo_parse_fd on the slow path only (a reservation the fast
+ * path could not decide re-reads meminfo before it refuses). */
 #define _GNU_SOURCE
 #include <ctype.h>
 #include <errno.h>

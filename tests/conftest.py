@@ -26,6 +26,13 @@ def _is_gb10() -> bool:
     return "GB10" in out
 
 
+def pytest_configure(config):
+    # Black boxes survive reboots in a state directory; a test run must not write the user's.
+    import tempfile
+
+    os.environ.setdefault("BALDR_STATE_DIR", tempfile.mkdtemp(prefix="baldr-state-"))
+
+
 def pytest_collection_modifyitems(config, items):
     gpu = _has_nvidia_gpu()
     gb10 = _is_gb10() if gpu else False

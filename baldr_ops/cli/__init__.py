@@ -1,8 +1,10 @@
 """`baldr-ops` command line: argument parsing and dispatch only.
 
 Each sub-command lives in its own module here with ``register(subparsers)``; those modules import
-nothing heavy at module level, so ``--help`` and ``doctor`` stay fast. The work itself is done by the
-library layers the command's ``run`` imports when it is called.
+nothing heavy at module level. A command line that names its command registers that command's
+module alone (``doctor`` never imports the research CLIs); ``--help``, no command or an unknown
+one registers them all. The work itself is done by the library layers the command's ``run``
+imports when it is called.
 """
 
 from __future__ import annotations
@@ -10,17 +12,38 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 
 from baldr_ops import __version__
-from baldr_ops.errors import UserError
+from baldr_ops.errors import Terminated, UserError
 
 # Order is the order shown in --help.
-COMMAND_MODULES = ("doctor", "shim", "launch", "runs", "compile", "sae", "memory")
+COMMAND_MODULES = ("doctor", "shim", "launch", "runs", "compile", "guard", "sae", "memory")
+# The commands a module registers, where they are not the module's own name.
+MODULE_OF = {"status": "runs", "stop": "runs", "logs": "runs", "systemd-unit": "runs"}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class UsageError(Exception):
+    """A mistake argparse found on the command line (an unknown option, a choice not offered)."""
+
+    def __init__(self, message: str, parser: argparse.ArgumentParser):
+        super().__init__(message)
+        self.message, self.parser = message, parser
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its mistakes said in one line (its usage block is for --help) and each
+    command's documented exit code for bad input (``bad_input_exit``: 2, doctor's 3)."""
+
+    bad_input_exit = 2
+
+    def error(self, message: str):
+        raise UsageError(message, self)
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = Parser(
         prog="baldr-ops",
         description=(
             "Run big open models with MAX on unified-memory NVIDIA machines (DGX Spark / GB10, "
@@ -30,23 +53,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"baldr-ops {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"baldr_ops.cli.{name}")
-        except ModuleNotFoundError as exc:  # a command whose module is not written yet
-            if exc.name != f"baldr_ops.cli.{name}":
-                raise
-            continue
-        module.register(subparsers)
+    for name in (only,) if only else COMMAND_MODULES:
+        importlib.import_module(f"baldr_ops.cli.{name}").register(subparsers)
     return parser
 
 
+def _module_for(argv: list[str]) -> str | None:
+    """The module of the command named on the line, when the line names one."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    if first is None or argv[:argv.index(first)]:   # options before the command (--version, -h)
+        return None
+    module = MODULE_OF.get(first, first)
+    return module if module in COMMAND_MODULES else None
+
+
+def _terminate(signum, _frame):
+    raise Terminated(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_module_for(argv))
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        print(f"baldr-ops: error: {exc.message}", file=sys.stderr)
+        print(f"  hint: see '{exc.parser.prog} --help'", file=sys.stderr)
+        return exc.parser.bad_input_exit
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    # SIGTERM ends a command as SIGINT does (finally blocks run: child trees ended, scratch files
+    # removed); commands that supervise install their own handlers on top.
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
@@ -56,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except Terminated as exc:
+        return 128 + exc.signum
     except Exception as exc:  # last resort: one line, the traceback only on request
         if os.environ.get("BALDR_DEBUG"):
             raise

@@ -39,6 +39,10 @@ def register(subparsers) -> None:
     p.add_argument("--guard", default="auto", choices=("auto", "host-sampling", "greedy", "off"),
                    help="sampling guard, as for launch (host-sampling changes the compiled sampler)")
     p.add_argument("--shim", default="auto", choices=("auto", "on", "off"), help="preload the shim, as for launch")
+    p.add_argument("--memguard", default="auto", choices=("auto", "on", "off", "dry-run"),
+                   help="the load guard while MAX loads the weights, as for launch (default auto: on with a "
+                        "unified-memory GPU, dry-run elsewhere)")
+    p.add_argument("--load-floor", metavar="SIZE", help="MemFree floor while loading (default scaled to the machine)")
     p.add_argument("--force", action="store_true", help="compile even when preflight says the model does not fit")
     p.add_argument("--export", metavar="DIR", help="also write a precompiled bundle to DIR (must not exist)")
     p.add_argument("--import", dest="import_dir", metavar="DIR",
@@ -61,21 +65,24 @@ def register(subparsers) -> None:
 def _request(args):
     from pathlib import Path
 
-    from baldr_ops.launch.preflight import LaunchRequest
+    from baldr_ops.plan import validate
+    from baldr_ops.plan.model import LaunchRequest
 
     extra = [a for a in args.max_args if a != "--"] if args.max_args else []
+    validate.engine_values(args.devices, args.max_length, args.max_batch_size)
     return LaunchRequest(model=Path(args.model) if args.model else None, served_name=args.served_name,
                          devices=args.devices, quantization_encoding=args.quantization_encoding,
                          max_length=args.max_length, max_batch_size=args.max_batch_size, floor=args.floor,
-                         guard=args.guard, shim=args.shim, force=args.force, extra_args=extra)
+                         guard=args.guard, shim=args.shim, force=args.force, memguard=args.memguard,
+                         load_floor=args.load_floor, extra_args=extra)
 
 
 def run(args) -> int:
     from pathlib import Path
 
-    from baldr_ops.cli.launch import ConsoleReporter
+    from baldr_ops.cli.progress import ConsoleReporter
     from baldr_ops.compile.service import compile_model
-    from baldr_ops.compile.warmth import describe_warmth
+    from baldr_ops.engines.max.warmth import describe_warmth
 
     reporter = ConsoleReporter(verbose=args.verbose)
     reporter.message("preflight")

@@ -23,13 +23,11 @@ examples:
   baldr-ops doctor --prometheus /var/lib/node_exporter/textfile/baldr.prom --fail-on never
 """
 
-SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
 def register(subparsers) -> None:
     p = subparsers.add_parser("doctor", help="diagnose memory pressure and GPU memory on this machine",
                               description=DESCRIPTION, epilog=EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.bad_input_exit = 3   # Nagios: bad input is UNKNOWN
     out = p.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print the report as JSON (schema: --json-schema)")
     out.add_argument("--json-schema", action="store_true", help="print the JSON schema of the report and exit")
@@ -48,29 +46,17 @@ def register(subparsers) -> None:
                      help="write the files read, kernel-log lines and NVML answers to a bundle for replay")
     src.add_argument("--cgroup", metavar="PATH",
                      help="judge this cgroup (e.g. /system.slice/max.service) instead of doctor's own")
+    src.add_argument("--blackbox", metavar="DIR",
+                     help="judge this memory-guard black box (or a directory of them) for an unclean end; "
+                          "default on this machine: every box under ~/.local/state/baldr-ops/blackbox")
     plan = p.add_argument_group("model fit")
     plan.add_argument("--model", metavar="PATH",
                       help="a safetensors/GGUF model directory or file: estimate its footprint and add mem.available.vs_plan")
     plan.add_argument("--context", type=int, metavar="TOKENS",
                       help="context length for the KV-cache estimate (default: the model's, capped at 8192)")
     plan.add_argument("--floor", default="8G", metavar="SIZE",
-                      help="memory to leave to the OS on top of the model (default 8G, as launch)")
+                      help="memory to leave to the OS on top of the model: a size or a %% of MemTotal (default 8G, as launch)")
     p.set_defaults(func=run)
-
-
-def parse_size(text: str) -> int:
-    from baldr_ops.errors import UserError
-
-    raw = text.strip().upper().removesuffix("IB").removesuffix("B")
-    unit = raw[-1:] if raw[-1:] in SIZE_UNITS else ""
-    number = raw[:-1] if unit else raw
-    try:
-        value = float(number)
-    except ValueError:
-        raise UserError(f"size {text!r} is not a size", hint="use bytes or K/M/G/T, e.g. 8G", exit_code=3) from None
-    if value < 0 or value != value:
-        raise UserError(f"size {text!r} is negative", hint="use a positive size such as 8G", exit_code=3)
-    return int(value * SIZE_UNITS[unit])
 
 
 def run(args) -> int:
@@ -85,7 +71,6 @@ def run(args) -> int:
 
 def _resolve_root(args, stack) -> str:
     import os
-    import tempfile
 
     from baldr_ops.errors import UserError
     from baldr_ops.system.snapshot import extract_bundle
@@ -102,6 +87,8 @@ def _resolve_root(args, stack) -> str:
         if args.replay:
             raise UserError(f"--replay takes a .tar.gz bundle, {source} is a directory", hint=f"use --root {source}")
         return source
+    import tempfile  # only here: a live run needs no temporary directory
+
     tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="baldr-replay-"))
     try:
         return extract_bundle(source, tmp)
@@ -126,7 +113,12 @@ def _run(args) -> int:
         raise UserError(f"--interval {args.interval} is out of range", hint="use 0 to 3600 seconds")
     if args.context is not None and args.context <= 0:
         raise UserError(f"--context {args.context} must be positive")
-    floor = parse_size(args.floor)
+    from baldr_ops.sizes import parse_spec
+
+    floor = parse_spec(args.floor, "--floor")  # a percentage is of MemTotal, resolved per sample
+    if args.blackbox and not __import__("os").path.isdir(args.blackbox):
+        raise UserError(f"--blackbox {args.blackbox} is not a directory",
+                        hint="give a black box directory (or the directory holding several)")
     if args.snapshot and args.watch:
         raise UserError("--snapshot writes one bundle; it cannot be combined with --watch")
 
@@ -165,10 +157,39 @@ def _run(args) -> int:
                 return code
 
 
-def _once(args, root: str, footprint, floor: int, stream) -> int:
+def _blackbox_check(args, root: str):
+    """``launch.unclean`` over the boxes asked for (--blackbox), or this machine's. A snapshot keeps
+    the verdict (.baldr/blackbox.json) so that a replay gives the same one."""
+    import json
+    import os
+
+    from baldr_ops.doctor.checks import Check, check_blackboxes
+    from baldr_ops.paths import blackbox_root
+    from baldr_ops.system import _io
+
+    if not args.blackbox and not _io.is_live(root):
+        captured = _io.read_captured(root, "blackbox.json")
+        return Check(**json.loads(captured)) if captured else None
+    base = args.blackbox or str(blackbox_root())
+    if not os.path.isdir(base):  # never launched with a guard here: nothing to read, cheaply
+        check = check_blackboxes([], base)
+    else:
+        from baldr_ops.memguard.blackbox import find_boxes, read_box
+
+        try:
+            check = check_blackboxes([read_box(d) for d in find_boxes(base)], base)
+        except OSError:
+            check = check_blackboxes(None, base)
+    _io.capture("blackbox.json", json.dumps(check.to_dict()))
+    return check
+
+
+def _once(args, root: str, footprint, floor, stream) -> int:
+    from baldr_ops.atomic import atomic_write
     from baldr_ops.doctor import render
     from baldr_ops.doctor.checks import run_checks
     from baldr_ops.errors import UserError
+    from baldr_ops.plan.fit import floor_bytes
     from baldr_ops.system import _io
     from baldr_ops.system.snapshot import take_snapshot, write_bundle
 
@@ -177,11 +198,14 @@ def _once(args, root: str, footprint, floor: int, stream) -> int:
         if recorder is not None:
             with recorder:
                 snap = take_snapshot(root, args.interval, cgroup=args.cgroup, recorder=recorder)
+                blackboxes = _blackbox_check(args, root)
         else:
             snap = take_snapshot(root, args.interval, cgroup=args.cgroup)
+            blackboxes = _blackbox_check(args, root)
     except KeyboardInterrupt:
         raise
-    checks = run_checks(snap, footprint=footprint, floor_bytes=floor)
+    checks = run_checks(snap, footprint=footprint, floor_bytes=floor_bytes(floor.text, snap.meminfo),
+                        blackboxes=blackboxes)
     doc = render.report_dict(snap, checks, args.fail_on, footprint)
     if args.snapshot:
         try:
@@ -190,7 +214,7 @@ def _once(args, root: str, footprint, floor: int, stream) -> int:
             raise UserError(f"cannot write snapshot {args.snapshot}: {exc.strerror or exc}") from None
     if args.prometheus:
         try:
-            render.write_atomic(args.prometheus, render.prometheus_text(doc, snap))
+            atomic_write(args.prometheus, render.prometheus_text(doc, snap))
         except OSError as exc:
             raise UserError(f"cannot write {args.prometheus}: {exc.strerror or exc}",
                             hint="the directory must exist and be writable (node_exporter textfile directory)") from None

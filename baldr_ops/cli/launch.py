@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
+
+from baldr_ops.cli.progress import ConsoleReporter
+from baldr_ops.errors import UserError
 
 DESCRIPTION = """\
 Serve a model with MAX, made right for unified-memory NVIDIA machines, and supervise it.
@@ -27,7 +29,7 @@ examples:
   baldr-ops launch                                   # the demo model, on CPU here
   baldr-ops launch --ask "What is the capital of France?"
   baldr-ops launch --model /models/gemma-4-31b-it --cap 100G --detach
-  baldr-ops launch --model DIR -- --max-num-steps 10   # extra args after -- go to max serve
+  baldr-ops launch --model DIR -- --enable-prefix-caching   # extra args after -- go to max serve
 """
 
 
@@ -51,6 +53,15 @@ def register(subparsers) -> None:
                    help="sampling guard for the SM 12.x top-k bug, modular#6488 (default auto: only on SM 12.x)")
     p.add_argument("--shim", default="auto", choices=("auto", "on", "off"),
                    help="preload the memory-cap shim (default auto: with a GPU)")
+    p.add_argument("--memguard", default="auto", choices=("auto", "on", "off", "dry-run"),
+                   help="memory guard: reclaim page cache while loading, drain then kill the server before the host "
+                        "runs out while serving (default auto: on with a unified-memory GPU, dry-run elsewhere)")
+    p.add_argument("--load-floor", metavar="SIZE", help="MemFree floor while loading (default 8G on 64 GiB+ "
+                   "machines, scaled down on smaller ones)")
+    p.add_argument("--serve-floor", metavar="SIZE", help="MemAvailable floor while serving (default 4G on 64 GiB+ "
+                   "machines, scaled down on smaller ones)")
+    p.add_argument("--memguard-hz", metavar="LOAD:SERVE", help="memory guard samples a second while loading and "
+                   "while serving (default 4:1)")
     p.add_argument("--precompiled", metavar="DIR", help="start from a `baldr-ops compile --export` bundle; used "
                    "only if its manifest matches this machine and request (else it says why and compiles)")
     p.add_argument("--force", action="store_true", help="launch even when preflight says the model does not fit")
@@ -58,6 +69,16 @@ def register(subparsers) -> None:
     p.add_argument("--grace", type=float, default=30, metavar="S", help="seconds between SIGTERM and SIGKILL (30)")
     p.add_argument("--max-restarts", type=int, default=5, metavar="N", help="restarts before giving up (5)")
     p.add_argument("--no-canary", action="store_true", help="ready at /v1/models, without a canary completion")
+    p.add_argument("--canary-prompt", metavar="TEXT", help="the canary's prompt (default: for the demo 'What is the "
+                   "capital of France?', else a one-word request); its answer is read for degenerate output")
+    p.add_argument("--canary-expect", metavar="REGEX", help="the canary's answer must contain this (case-insensitive "
+                   "regex; the demo's default: Paris); a wrong answer fails readiness with exit 2")
+    p.add_argument("--canary-file", metavar="FILE", help="a JSON canary set for CI: [{\"prompt\": ..., \"expect\": "
+                   "...}, ...]")
+    p.add_argument("--canary-every", metavar="DURATION", help="while serving, ask the canary set again this often "
+                   "(e.g. 10m) and compare with the answers at ready, bit for bit (default: never)")
+    p.add_argument("--on-canary-failure", default="warn", choices=("warn", "restart"),
+                   help="a canary that fails while serving: warn (default) or restart the server")
     p.add_argument("--telemetry", action="store_true", help="let MAX send its usage telemetry to Modular (off)")
     p.add_argument("--detach", action="store_true", help="run in the background; return once ready")
     p.add_argument("--ask", metavar="QUESTION", help="once ready, ask this, print the answer, and stop")
@@ -68,66 +89,39 @@ def register(subparsers) -> None:
 
 
 def _request(args):
+    """The LaunchRequest, every single value checked (plan/validate.py) before anything starts."""
     from pathlib import Path
 
-    from baldr_ops.launch.preflight import LaunchRequest
-    from baldr_ops.launch.supervisor import Supervision
+    from baldr_ops.plan import validate
+    from baldr_ops.plan.model import LaunchRequest, Supervision
 
     extra = [a for a in args.max_args if a != "--"] if args.max_args else []
+    validate.host(args.host)
+    validate.port(args.port)
+    if args.metrics_port is not None:
+        validate.port(args.metrics_port, "--metrics-port")
+        if args.metrics_port == args.port:
+            raise UserError(f"--metrics-port {args.metrics_port} is the API port", hint="give another port")
+    validate.engine_values(args.devices, args.max_length, args.max_batch_size)
+    validate.seconds(args.grace, "--grace")
+    validate.seconds(args.startup_timeout, "--startup-timeout", allow_zero=False)
+    validate.count(args.max_restarts, "--max-restarts")
+    if args.ask is not None:
+        validate.question(args.ask)
+    if args.served_name is not None and not args.served_name.strip():
+        raise UserError("--served-name is empty", hint="give the name clients ask for, or leave it out")
     return LaunchRequest(
         model=Path(args.model) if args.model else None, served_name=args.served_name, host=args.host,
         port=args.port, metrics_port=args.metrics_port, devices=args.devices,
         quantization_encoding=args.quantization_encoding, max_length=args.max_length,
         max_batch_size=args.max_batch_size, cap=args.cap, floor=args.floor, guard=args.guard, shim=args.shim,
-        force=args.force, telemetry=args.telemetry,
+        force=args.force, telemetry=args.telemetry, memguard=args.memguard, load_floor=args.load_floor,
+        serve_floor=args.serve_floor, memguard_hz=args.memguard_hz, canary_prompt=args.canary_prompt, canary_expect=args.canary_expect,
+        canary_file=Path(args.canary_file) if args.canary_file else None, canary_every=args.canary_every,
         precompiled=Path(args.precompiled) if args.precompiled else None, extra_args=extra,
         supervision=Supervision(startup_timeout_s=args.startup_timeout, grace_s=args.grace,
-                                max_restarts=args.max_restarts, canary=not args.no_canary))
-
-
-class ConsoleReporter:
-    """Live progress on stderr: one updating line on a terminal, one line per phase otherwise."""
-
-    def __init__(self, verbose: bool = False, stream=None):
-        self.verbose = verbose
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.t0 = time.monotonic()
-        self._last_phase = None
-
-    def _emit(self, text: str, transient: bool = False) -> None:
-        stamp = f"[{time.monotonic() - self.t0:6.0f}s]"
-        if self.tty and transient:
-            self.stream.write(f"\r\033[K{stamp} {text}")
-        else:
-            clear = "\r\033[K" if self.tty else ""
-            self.stream.write(f"{clear}{stamp} {text}\n")
-        self.stream.flush()
-
-    def phase(self, status) -> None:
-        if status.state == "ready":
-            return  # ready() says it, with the URL
-        detail = status.phase_detail
-        if status.compile_elapsed_s is not None and status.state == "compiling":
-            detail = f"compiling ({status.compile_elapsed_s:.0f} s in MAX's compiler)"
-        changed = status.state != self._last_phase
-        self._last_phase = status.state
-        if changed or self.tty:
-            self._emit(f"{status.state:<10} {detail}", transient=not changed)
-
-    def line(self, text: str) -> None:
-        if self.verbose:
-            self._emit(f"max| {text}")
-
-    def ready(self, status, gate) -> None:
-        self._emit(f"ready      {status.url} serves {status.served_name!r} ({gate.detail})")
-
-    def exited(self, verdict, postmortem) -> None:
-        where = f"; post-mortem: {postmortem}" if postmortem else ""
-        self._emit(f"exited     {verdict.summary}{where}")
-
-    def message(self, text: str) -> None:
-        self._emit(text)
+                                max_restarts=args.max_restarts, canary=not args.no_canary,
+                                on_canary_failure=args.on_canary_failure))
 
 
 def _evidence_since():
@@ -145,12 +139,15 @@ def _evidence_since():
 
 
 def run(args) -> int:
-    from baldr_ops.errors import UserError
-    from baldr_ops.launch.preflight import plan_launch
+    from baldr_ops.plan.planner import plan_launch
     from baldr_ops.launch.runstate import RunDir
     from baldr_ops.launch.supervisor import Supervisor
 
     request = _request(args)
+    rundir = RunDir(request.port)
+    rundir.check_usable()    # found now, but nothing written before the preflight passes
+    if not args.detach and rundir.held_by_someone():
+        rundir.acquire()     # says who holds the port
     reporter = ConsoleReporter(verbose=args.verbose)
     reporter.message("preflight")
     plan, notes = plan_launch(request, progress=reporter.message)
@@ -158,9 +155,8 @@ def run(args) -> int:
         reporter.message(f"  {note}")
     if args.detach:
         return _detach(args, request.port, reporter)
-
-    rundir = RunDir(request.port)
     rundir.acquire()
+
     answer: dict = {}
 
     def after_ready(sup):
@@ -202,17 +198,18 @@ def run(args) -> int:
 
 def _detach(args, port: int, reporter: ConsoleReporter) -> int:
     """Start a supervisor in its own session and wait here until it reports ready or fails."""
-    from baldr_ops.errors import UserError
     from baldr_ops.launch.runstate import RunDir
 
     rundir = RunDir(port)
-    rundir.path.mkdir(parents=True, exist_ok=True)
+    rundir.ensure()
     argv = [a for a in sys.argv[1:] if a != "--detach"] if sys.argv[1:2] == ["launch"] else None
     if argv is None:
         raise UserError("--detach needs to be run from the baldr-ops command line")
-    out = open(rundir.path / "supervisor.log", "ab")
-    child = subprocess.Popen([sys.executable, "-m", "baldr_ops", *argv], stdin=subprocess.DEVNULL, stdout=out,
-                             stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ})
+    import subprocess  # only here: registering the CLI must stay cheap
+
+    with open(rundir.path / "supervisor.log", "ab") as out:  # the child keeps its own descriptor
+        child = subprocess.Popen([sys.executable, "-m", "baldr_ops", *argv], stdin=subprocess.DEVNULL, stdout=out,
+                                 stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ})
     last = None
     while True:
         if child.poll() is not None:

@@ -186,12 +186,26 @@ def parse_layer_settings(spec: str, defaults: dict):
 
 
 def _texts(args) -> list[str]:
+    """The memory texts, read and checked before anything else happens (no model is loaded for a
+    file that turns out to be binary)."""
     texts = list(args.texts)
     if args.file:
+        name = "standard input" if args.file == "-" else args.file
         try:
-            content = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
+            if args.file == "-":
+                data = sys.stdin.buffer.read()
+            else:
+                with open(args.file, "rb") as fh:
+                    data = fh.read()
         except OSError as exc:
-            raise UserError(f"cannot read {args.file}: {exc.strerror}") from exc
+            raise UserError(f"cannot read {name}: {exc.strerror}") from exc
+        if b"\0" in data:
+            raise UserError(f"{name} is not text (it holds NUL bytes): memory texts are UTF-8, one per line")
+        try:
+            content = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{name} is not UTF-8 text (byte {exc.start}: {data[exc.start:exc.start + 1]!r})",
+                            hint="convert it first, e.g. iconv -f latin1 -t utf-8 FILE") from None
         texts += [line.strip() for line in content.splitlines() if line.strip()]
     return texts
 
@@ -204,10 +218,11 @@ def _short(text: str, n: int = 70) -> str:
 # -- commands ------------------------------------------------------------------------------------
 def run_keygen(args) -> int:
     from baldr_ops.memory.keys import default_key_path, generate_key
-    from baldr_ops.memory.reports import KeyReport
 
     path = args.key_file or default_key_path()
-    key = generate_key(path)
+    key = generate_key(path, create_parent=args.key_file is None)
+    from baldr_ops.memory.reports import KeyReport  # after the key: its import brings torch (seconds)
+
     _print(KeyReport(key_file=str(path), key_id=key.key_id), args,
            f"key written to {path} (0600), key id {key.key_id}\n"
            f"keep it outside every store; whoever holds it can sign memories")

@@ -14,18 +14,20 @@ def register(subparsers) -> None:
                               description="Show each launch (one per port): state, phase, guard, restarts, log.")
     p.add_argument("--port", type=int, help="only this port")
     p.add_argument("--json", action="store_true", help="print JSON (a list of run states)")
+    p.add_argument("--prometheus", metavar="FILE", help="also write launch metrics for node_exporter's textfile "
+                   "collector (atomically): readiness, restarts, canary latency and failures, guard modes")
     p.set_defaults(func=run_status)
 
     p = subparsers.add_parser("stop", help="stop a launched server cleanly",
                               description="Send SIGTERM to the supervisor of a launch, which drains the server "
                                           "(TERM, grace period, KILL) and exits; waits for it.")
-    p.add_argument("--port", type=int, default=8000, help="port of the launch (default 8000)")
+    p.add_argument("--port", type=int, help="port of the launch (default: the one launch running, else 8000)")
     p.add_argument("--timeout", type=float, default=90, help="seconds to wait for the supervisor to exit (90)")
     p.set_defaults(func=run_stop)
 
     p = subparsers.add_parser("logs", help="print a launch's server log",
                               description="Print the tail of the server log that launch keeps for a port.")
-    p.add_argument("--port", type=int, default=8000, help="port of the launch (default 8000)")
+    p.add_argument("--port", type=int, help="port of the launch (default: the one launch running, else 8000)")
     p.add_argument("-n", "--lines", type=int, default=50, help="lines to print (50)")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until interrupted")
     p.set_defaults(func=run_logs)
@@ -45,7 +47,7 @@ def register(subparsers) -> None:
 def _runs(port):
     from pathlib import Path
 
-    from baldr_ops.compile.warmth import cache_warm, describe_warmth
+    from baldr_ops.engines.max.warmth import cache_warm, describe_warmth
     from baldr_ops.launch.runstate import RunDir, all_runs
 
     runs = [RunDir(port)] if port else all_runs()
@@ -63,13 +65,30 @@ def _runs(port):
     return states
 
 
+def _check_port(args) -> None:
+    from baldr_ops.plan import validate
+
+    if args.port is not None:
+        validate.port(args.port)
+
+
 def run_status(args) -> int:
     from pydantic import TypeAdapter
 
     from baldr_ops.errors import UserError
     from baldr_ops.launch.runstate import RunStatus
 
+    _check_port(args)
     states = _runs(args.port)
+    if args.prometheus:
+        from baldr_ops.atomic import atomic_write
+        from baldr_ops.launch.metrics import exposition
+
+        try:
+            atomic_write(args.prometheus, exposition(states))
+        except OSError as exc:
+            raise UserError(f"cannot write {args.prometheus}: {exc.strerror or exc}",
+                            hint="the directory must exist and be writable (node_exporter textfile directory)") from None
     if args.json:
         print(TypeAdapter(list[RunStatus]).dump_json(states, indent=2).decode())
         return 0
@@ -86,6 +105,17 @@ def run_status(args) -> int:
         if s.guard:
             print(f"  guard    {s.guard.mode}: {s.guard.reason}")
         print(f"  shim     {s.shim or 'not preloaded'}{'; cap ' + s.memory_cap if s.memory_cap else ''}")
+        if s.canary:
+            c = s.canary
+            every = f", every {c.every_s:g} s: {c.checks} checks, {c.failures} failed" if c.every_s else ""
+            answers = "; ".join(repr(a) for a in c.ready_answers) or "not asked yet"
+            print(f"  canary   at ready: {answers}{every}")
+            if c.last_failure:
+                print(f"           last failure: {c.last_failure}")
+        if s.memguard:
+            print(f"  memguard {s.memguard.line().removeprefix('memguard ')}")
+            if s.memguard.last_decision:
+                print(f"           last: {s.memguard.last_decision}")
         print(f"  pids     supervisor {s.supervisor_pid}, server {s.server_pid}; restarts {s.restarts}")
         if s.last_exit:
             print(f"  last     {s.last_exit}")
@@ -94,11 +124,28 @@ def run_status(args) -> int:
     return 0
 
 
+def _chosen_run(port: int | None):
+    """The launch a command without --port means: the only one running, else port 8000's."""
+    from baldr_ops.errors import UserError
+    from baldr_ops.launch.runstate import RunDir, all_runs
+
+    if port is not None:
+        return RunDir(port)
+    live = [r for r in all_runs() if r.held_by_someone()]
+    if len(live) > 1:
+        ports = ", ".join(str(r.port) for r in live)
+        raise UserError(f"{len(live)} launches are running (ports {ports})", hint="choose one with --port")
+    return live[0] if live else RunDir(8000)
+
+
 def run_stop(args) -> int:
     from baldr_ops.errors import UserError
-    from baldr_ops.launch.runstate import RunDir
+    from baldr_ops.plan import validate
 
-    rundir = RunDir(args.port)
+    _check_port(args)
+    validate.seconds(args.timeout, "--timeout", allow_zero=False)
+    rundir = _chosen_run(args.port)
+    args.port = rundir.port
     status = rundir.read()
     if status is None or not rundir.held_by_someone():
         raise UserError(f"nothing is running on port {args.port}", exit_code=1,
@@ -116,9 +163,13 @@ def run_stop(args) -> int:
 
 def run_logs(args) -> int:
     from baldr_ops.errors import UserError
-    from baldr_ops.launch.runstate import RunDir
+    from baldr_ops.plan import validate
 
-    path = RunDir(args.port).log_file
+    _check_port(args)
+    validate.count(args.lines, "--lines")
+    rundir = _chosen_run(args.port)
+    args.port = rundir.port
+    path = rundir.log_file
     if not path.exists():
         raise UserError(f"no server log for port {args.port}", exit_code=1, hint="baldr-ops status lists the launches")
     with open(path, errors="replace") as fh:
@@ -135,12 +186,27 @@ def run_logs(args) -> int:
 
 
 def run_unit(args) -> int:
+    from baldr_ops.cli import UsageError, build_parser
+    from baldr_ops.cli.launch import _request
+    from baldr_ops.errors import UserError
     from baldr_ops.launch.sdnotify import unit_file
+    from baldr_ops.plan import validate
 
     launch_args = [a for a in args.launch_args if a != "--"]
-    if "--detach" in launch_args:
-        from baldr_ops.errors import UserError
-
+    if args.user is not None:
+        validate.unix_user(args.user)
+    if args.description is not None:
+        validate.unit_text(args.description, "--description")
+    for arg in launch_args:
+        validate.unit_text(arg, "a launch argument")
+    # The arguments are launch's: parsed and checked by launch's own parser now, not at boot.
+    try:
+        parsed = build_parser("launch").parse_args(["launch", *launch_args])
+    except UsageError as exc:
+        raise UserError(f"the launch arguments would fail at boot: {exc.message}",
+                        hint="check them with: baldr-ops launch --help") from None
+    if parsed.detach:
         raise UserError("a systemd unit runs launch in the foreground; drop --detach")
+    _request(parsed)
     sys.stdout.write(unit_file(launch_args, user=args.user, description=args.description))
     return 0

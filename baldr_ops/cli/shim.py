@@ -13,12 +13,11 @@ def register(subparsers) -> None:
                     "memory queries on unified memory (docs/shim.md).")
     sub = p.add_subparsers(dest="shim_command", metavar="SUBCOMMAND")
 
-    q = sub.add_parser("path", help="print the library's path (building it if needed)")
-    q.add_argument("--no-build", action="store_true", help="fail instead of building a missing library")
+    q = sub.add_parser("path", help="print the library's path (build it with 'make shim')")
     q.add_argument("--json", action="store_true", help="print a JSON document")
     q.set_defaults(func=run_path)
 
-    q = sub.add_parser("build", help="(re)build shims/libbaldr_memcap.so, as 'make shim'")
+    q = sub.add_parser("build", help="(re)build shims/libbaldr_memcap.so: runs 'make shim' in the checkout")
     q.add_argument("--force", action="store_true", help="rebuild even if up to date")
     q.set_defaults(func=run_build)
 
@@ -63,7 +62,7 @@ def _docs():
 def run_path(args: argparse.Namespace) -> int:
     from baldr_ops import shim
 
-    path = shim.library_path(build=not args.no_build)
+    path = shim.library_path()
     if args.json:
         print(_docs()[0](path=str(path)).to_json())
     else:

@@ -7,7 +7,6 @@ so the graphs compiled here are the ones `launch` asks for.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import threading
 import time
@@ -16,6 +15,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from baldr_ops.engines.max.logphases import PhaseState
+from baldr_ops.process import end_session
+
+GRACE_S = 15  # SIGTERM to SIGKILL when a compile is interrupted
 
 # MAX log phase -> the state shown while compiling (launch's reporter renders it).
 _STATE = {"starting": "starting", "configuring": "loading", "worker": "loading", "compiling": "compiling",
@@ -31,19 +33,6 @@ class CompileRun(SimpleNamespace):
     errors: list
     tail: list
     log: str
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=15)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def run_compile(command: list[str], env: dict[str, str], reporter=None, log_path: Path | None = None,
@@ -95,13 +84,13 @@ def run_compile(command: list[str], env: dict[str, str], reporter=None, log_path
                     show()
         proc.wait()
     except BaseException:
-        _kill_group(proc)
+        end_session(proc, GRACE_S)
         raise
     finally:
         done.set()
         if log:
             log.close()
-    _kill_group(proc)  # anything MAX left behind in its session
+    end_session(proc, GRACE_S)  # anything MAX left behind in its session
     return CompileRun(returncode=proc.returncode, seconds=time.monotonic() - start,
                       compile_times=dict(phases.compile_times), errors=list(phases.errors), tail=list(tail),
                       log=str(log_path) if log_path else "")

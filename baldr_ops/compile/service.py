@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -11,18 +12,27 @@ from typing import Literal
 
 from pydantic import Field
 
-from baldr_ops.compile.bundle import (
+from baldr_ops.compile.runner import run_compile
+from baldr_ops.engines.max.bundle import (
     MANIFEST_NAME,
     PAYLOAD_DIRS,
     check_bundle,
     device_identity,
     export_bundle,
-    modular_cache_dir,
     plan_with_bundle,
+    read_manifest,
     seed_cache,
 )
-from baldr_ops.compile.warmth import MEF_CACHE_GLOB, cache_entries_for_mefs, cache_warm, record_compiled
+from baldr_ops.engines.max.command import warm_cache_command
+from baldr_ops.engines.max.quirks import require_max
+from baldr_ops.engines.max.warmth import MEF_CACHE_GLOB, cache_entries_for_mefs, cache_warm, record_compiled
 from baldr_ops.errors import UserError
+from baldr_ops.memguard.blackbox import BlackBox
+from baldr_ops.memguard.reclaim import may_write_vm
+from baldr_ops.memguard.runtime import GuardRuntime, MemGuardStatus
+from baldr_ops.paths import blackbox_root, compile_log_path, modular_cache_dir
+from baldr_ops.plan.guard import decide_guard
+from baldr_ops.plan.planner import plan_launch
 from baldr_ops.schema import Document
 
 
@@ -48,12 +58,44 @@ class CompileReport(Document):
     preflight: list[str] = Field(default_factory=list)   # launch's preflight notes, shown as it goes
     notes: list[str] = Field(default_factory=list)       # what compile found and did
     log: str | None = None
+    memguard: MemGuardStatus | None = None    # the load guard while MAX loaded the weights and compiled
+
+
+@contextlib.contextmanager
+def _load_guard(plan, say, report: CompileReport):
+    """Compiling loads the weights: the load guard watches it as it watches a launch's start."""
+    mg = plan.memguard
+    if mg is None or mg.mode == "off":
+        yield
+        return
+    box = BlackBox(blackbox_root() / "compile")
+    guard = GuardRuntime(mg.config(drop_caches_permitted=may_write_vm()), mg.weight_files, blackbox=box,
+                         reason=mg.reason, log=say)
+    box.start(command="compile", model=plan.model, mode=mg.mode, load_floor=mg.load_floor)
+    guard.run_alone()
+    try:
+        yield
+    finally:
+        guard.stop()
+        box.end()
+        report.memguard = guard.status
+
+
+def check_export_destination(dest: Path) -> None:
+    """--export DIR must be new or an empty directory, and its parent a directory."""
+    if dest.exists() and not dest.is_dir():
+        raise UserError(f"--export {dest} is a file", hint="give a new directory for the bundle")
+    if dest.is_dir() and any(dest.iterdir()):
+        raise UserError(f"--export {dest} already exists and is not empty", hint="remove it or choose another --export DIR")
+    parent = dest.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"--export {dest}: {parent} is a file, not a directory", hint="give a path under a directory")
 
 
 def _log_path() -> Path:
-    from baldr_ops.models.demo import cache_root
-
-    path = cache_root() / "compile.log"
+    path = compile_log_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -90,14 +132,13 @@ def compile_model(request, export: Path | None = None, import_dir: Path | None =
     """Plan exactly as `launch` would (ports aside), then compile / export / import / check.
 
     `target` (cuda:sm_XY) cross-compiles for a GPU this machine lacks, with MAX's virtual devices."""
-    from baldr_ops.compile.runner import run_compile
-    from baldr_ops.engines.max.command import warm_cache_command
-    from baldr_ops.engines.max.quirks import require_max
-    from baldr_ops.launch.guard import decide_guard
-    from baldr_ops.launch.preflight import plan_launch
-
     say = reporter.message if reporter is not None else (lambda _m: None)
     device = None
+    # Destination and source first: a compile takes minutes, a wrong path is known now.
+    if export is not None:
+        check_export_destination(Path(export).expanduser())
+    if import_dir is not None:
+        read_manifest(Path(import_dir).expanduser())
     if target:
         request, arch, capability = _for_target(request, target, export, import_dir, check)
     plan, notes = plan_launch(request.model_copy(update={"precompiled": None}), progress=say, check_ports=False)
@@ -143,7 +184,8 @@ def compile_model(request, export: Path | None = None, import_dir: Path | None =
         if use.used:
             say("loading the bundle's graphs (no compile expected)")
             command = warm_cache_command(options.model_copy(update={"extra_args": options.extra_args + use.serve_args}))
-            run = run_compile(command, {**env, **use.env}, reporter, _log_path())
+            with _load_guard(plan, say, report):
+                run = run_compile(command, {**env, **use.env}, reporter, _log_path())
             if run.returncode != 0:
                 raise _failed(run)
             report.action, report.seconds, report.compile_times, report.log = \
@@ -177,7 +219,8 @@ def compile_model(request, export: Path | None = None, import_dir: Path | None =
                 raise UserError("--target needs a MEF bundle (MAX >= 26.7, --payload auto or mefs)")
             extra += ["--target", target]
         command = warm_cache_command(options.model_copy(update={"extra_args": options.extra_args + extra}))
-        run = run_compile(command, env, reporter, _log_path())
+        with _load_guard(plan, say, report):
+            run = run_compile(command, env, reporter, _log_path())
         if run.returncode != 0:
             raise _failed(run)
         report.action, report.seconds, report.compile_times, report.log = \

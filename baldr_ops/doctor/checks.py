@@ -1,15 +1,17 @@
 """Judges: pure functions from a Snapshot to Checks. No I/O here.
 
 Each check reads its levels from ``thresholds.RULES``. A signal that could not be read gives
-UNKNOWN with the reason, never OK. ``check_plan_fit`` is the one fit judgement that both
-``doctor --model`` and ``launch`` preflight use.
+UNKNOWN with the reason, never OK. ``check_plan_fit`` renders the fit judgement that
+``doctor --model``, ``launch`` and ``compile`` share (``baldr_ops.plan.fit``).
 """
 
 from __future__ import annotations
 
-from baldr_ops.system._record import Record, factory
+from dataclasses import dataclass, field
 
 from baldr_ops.doctor.thresholds import GIB, KNOWN_ISSUES, RULES
+from baldr_ops.plan.fit import CHECK_ID as FIT_CHECK_ID
+from baldr_ops.plan.fit import judge_fit
 
 OK, INFO, WARN, CRIT, UNKNOWN = "OK", "INFO", "WARN", "CRIT", "UNKNOWN"
 STATUSES = (OK, INFO, WARN, CRIT, UNKNOWN)
@@ -18,15 +20,16 @@ RANK = {OK: 0, INFO: 1, UNKNOWN: 2, WARN: 3, CRIT: 4}
 DOC_URL = "docs/doctor.md#{anchor}"
 
 
-class Check(Record):
+@dataclass
+class Check:
     id: str
     status: str
     value: float | int | str | None = None
     unit: str = ""
-    evidence: dict = factory(dict)
+    evidence: dict = field(default_factory=dict)
     hint: str | None = None
     title: str = ""
-    thresholds: dict = factory(dict)
+    thresholds: dict = field(default_factory=dict)
     source: str = ""
     doc_url: str = ""
 
@@ -100,10 +103,9 @@ def check_swap_used(snap, mem_available_pct: float | None) -> Check:
     if total == 0:
         return make("swap.used", OK, 0.0, {"SwapTotal_GiB": 0.0, "note": "no swap configured (see swap.absent)"})
     r = RULES["swap.used"]
-    used = pct(total - free, total)
-    free_pct = 100.0 - used
+    used = pct(total - free, total)   # both levels are % used
     ev = {"SwapTotal_GiB": gib(total), "SwapFree_GiB": gib(free), "mem_available_pct": mem_available_pct}
-    if free_pct <= r["crit"] and mem_available_pct is not None and mem_available_pct <= RULES["mem.available"]["crit"]:
+    if used >= r["crit"] and mem_available_pct is not None and mem_available_pct <= RULES["mem.available"]["crit"]:
         status = CRIT
     elif used >= r["warn"]:
         status = WARN
@@ -336,22 +338,77 @@ def check_shmem_tmpfs(snap) -> Check:
         return unknown("shmem.tmpfs", mi.error or "Shmem missing")
     r = RULES["shmem.tmpfs"]
     ev: dict = {"Shmem_GiB": gib(shmem)}
-    limits = None
     if snap.tmpfs is not None:
-        pool = [t for t in snap.tmpfs if not t.mount_point.startswith(("/sys/", "/proc/"))]
-        ev["tmpfs"] = {t.mount_point: {"size_GiB": gib(t.size_bytes), "used_GiB": gib(t.used_bytes)} for t in pool[:12]}
-        limits = sum(t.size_bytes or 0 for t in pool)
-        ev["tmpfs_limits_pct_of_total"] = round(pct(limits, total), 1)
+        ev["tmpfs"] = {t.mount_point: {"size_GiB": gib(t.size_bytes), "used_GiB": gib(t.used_bytes)}
+                       for t in _tmpfs_pool(snap)[:12]}
     else:
         ev["tmpfs"] = "mount table not readable"
     share = pct(shmem, total)
-    if share >= r["warn"]:
+    return make("shmem.tmpfs", WARN if share >= r["warn"] else OK, round(share, 1), ev)
+
+
+def _tmpfs_pool(snap) -> list:
+    return [t for t in snap.tmpfs if not t.mount_point.startswith(("/sys/", "/proc/"))]
+
+
+def check_tmpfs_limits(snap) -> Check:
+    """The size= limits: how much of the pool files in memory may claim (unreclaimable without swap)."""
+    total = snap.meminfo.total
+    if not snap.meminfo.available or not total:
+        return unknown("tmpfs.limits", snap.meminfo.error or "MemTotal missing")
+    if snap.tmpfs is None:
+        return unknown("tmpfs.limits", "the mount table is not readable")
+    pool = [t for t in _tmpfs_pool(snap) if t.size_bytes]
+    if not pool:
+        return make("tmpfs.limits", OK, 0.0, {"tmpfs": "no tmpfs mount with a size limit"})
+    largest = max(pool, key=lambda t: t.size_bytes)
+    share, summed = pct(largest.size_bytes, total), pct(sum(t.size_bytes for t in pool), total)
+    ev = {"largest": largest.mount_point, "largest_GiB": gib(largest.size_bytes), "sum_pct_of_total": round(summed, 1),
+          "limits_GiB": {t.mount_point: gib(t.size_bytes) for t in pool[:12]}, "MemTotal_GiB": gib(total)}
+    limit = RULES["tmpfs.limits"]["warn"]
+    if share > limit or summed >= 100.0:
         status = WARN
-    elif limits is not None and pct(limits, total) > r["limits_pct"]:
+    elif share >= limit:
         status = INFO
     else:
         status = OK
-    return make("shmem.tmpfs", status, round(share, 1), ev)
+    hint = None if status != WARN else (f"{largest.mount_point} may hold {fmt_gib(largest.size_bytes)} "
+                                        f"({share:.0f} % of MemTotal); " + RULES["tmpfs.limits"]["hint"])
+    return make("tmpfs.limits", status, round(share, 1), ev, hint)
+
+
+def check_min_free(snap, floor_bytes: int) -> Check:
+    value = snap.sysctl_vm.get("min_free_kbytes")
+    if value is None:
+        return unknown("vm.min_free", "/proc/sys/vm/min_free_kbytes is not readable")
+    reserve = value * 1024
+    ev = {"min_free_kbytes": value, "floor_GiB": gib(floor_bytes), "MemTotal_GiB": gib(snap.meminfo.total)}
+    share = pct(reserve, floor_bytes) if floor_bytes else None
+    ev["pct_of_floor"] = None if share is None else round(share, 1)
+    if share is not None and share >= RULES["vm.min_free"]["warn"]:
+        hint = (f"vm.min_free_kbytes reserves {fmt_gib(reserve)}, {share:.0f} % of the {fmt_gib(floor_bytes)} floor: "
+                + RULES["vm.min_free"]["hint"])
+        return make("vm.min_free", WARN, gib(reserve), ev, hint)
+    return make("vm.min_free", OK, gib(reserve), ev)
+
+
+def check_blackboxes(readings: list, source: str) -> Check:
+    """``launch.unclean``: black boxes (memguard.blackbox.BoxReading) whose run ended without its
+    end marker and whose writer is gone; the last minute of the latest one as evidence."""
+    if readings is None:
+        return unknown("launch.unclean", f"{source} cannot be read")
+    boxes = [r for r in readings if r.error is None]
+    unclean = [r for r in boxes if r.unclean]
+    ev: dict = {"source": source, "boxes": len(boxes), "unclean": [r.directory for r in unclean]}
+    if not unclean:
+        running = sum(1 for r in boxes if r.started is not None and r.ended is None)
+        ev["running"] = running
+        return make("launch.unclean", OK, f"{len(boxes)} box(es), none unclean", ev)
+    latest = max(unclean, key=lambda r: r.records[-1]["t"])
+    ev["last_minute"] = latest.summary(60.0)
+    ev["last_record_at"] = latest.records[-1]["t"]
+    return make("launch.unclean", WARN, f"{len(unclean)} unclean", ev,
+                f"the run in {latest.directory} ended without its end marker; " + RULES["launch.unclean"]["hint"])
 
 
 def check_mem_pinned(snap) -> Check:
@@ -539,46 +596,18 @@ def check_platform_versions(snap) -> Check:
 # ---------------------------------------------------------------- the plan
 
 def check_plan_fit(source, footprint, floor_bytes: int = 0) -> Check:
-    """``mem.available.vs_plan``: does ``footprint`` (+ ``floor_bytes`` left for the OS) fit?
-
-    ``source`` is a Snapshot or a MemInfo (launch passes ``read_meminfo()``); ``footprint`` is a
-    ``models.footprint.Footprint`` (or anything with ``total_bytes``, or an int of bytes).
-    """
-    mi = getattr(source, "meminfo", source)
-    plan = footprint if isinstance(footprint, int) else int(footprint.total_bytes)
-    floor_bytes = max(0, int(floor_bytes or 0))
-    avail, free = mi.get("MemAvailable"), mi.get("MemFree")
-    if not mi.available or avail is None or free is None:
-        return unknown("mem.available.vs_plan", getattr(mi, "error", None) or "MemAvailable/MemFree missing")
-    swap_free = mi.get("SwapFree") or 0
-    need = plan + floor_bytes
-    ev = {"plan_GiB": gib(plan), "floor_GiB": gib(floor_bytes), "MemFree_GiB": gib(free),
-          "MemAvailable_GiB": gib(avail), "SwapFree_GiB": gib(swap_free)}
-    for key in ("weights_bytes", "kv_cache_bytes", "overhead_bytes"):
-        if hasattr(footprint, key):
-            ev[key.replace("_bytes", "_GiB")] = gib(getattr(footprint, key))
-    headroom = avail - need
-    if need > avail + swap_free:
-        status = CRIT
-        hint = (f"needs {fmt_gib(need)} (model {fmt_gib(plan)} + floor {fmt_gib(floor_bytes)}) but only "
-                f"{fmt_gib(avail)} available: free memory, lower the context length, or use a smaller model")
-    elif need > avail:
-        status = WARN
-        hint = f"fits only by pushing {fmt_gib(need - avail)} into swap: free memory first"
-    elif plan > free:
-        status = WARN
-        hint = (f"fits in MemAvailable but not in MemFree ({fmt_gib(free)}): page cache must be reclaimed while "
-                "loading; on UMA CUDA may not count it (drop caches as a diagnostic)")
-    else:
-        status, hint = OK, None
-    check = make("mem.available.vs_plan", status, gib(headroom), ev, hint)
-    check.evidence["headroom_GiB"] = gib(headroom)
-    return check
+    """``mem.available.vs_plan``: the shared fit judgement (:func:`baldr_ops.plan.fit.judge_fit`)
+    as a check. ``source`` is a Snapshot or a MemInfo."""
+    verdict = judge_fit(getattr(source, "meminfo", source), footprint, floor_bytes)
+    if verdict.status == UNKNOWN:
+        return unknown(FIT_CHECK_ID, verdict.evidence["reason"])
+    return make(FIT_CHECK_ID, verdict.status, gib(verdict.headroom), verdict.evidence, verdict.hint)
 
 
 # ---------------------------------------------------------------- all of them
 
-def run_checks(snap, footprint=None, floor_bytes: int = 0, extra: list[Check] | None = None) -> list[Check]:
+def run_checks(snap, footprint=None, floor_bytes: int = 0, extra: list[Check] | None = None,
+               blackboxes: Check | None = None) -> list[Check]:
     """Every check over ``snap`` in table order; ``mem.available.vs_plan`` only with a footprint."""
     plan = int(footprint.total_bytes) if footprint is not None else None
     mem = check_mem_available(snap)
@@ -598,6 +627,9 @@ def run_checks(snap, footprint=None, floor_bytes: int = 0, extra: list[Check] | 
         "frag.highorder": lambda: check_frag_highorder(snap),
         "cache.gap": lambda: check_cache_gap(snap, plan),
         "shmem.tmpfs": lambda: check_shmem_tmpfs(snap),
+        "tmpfs.limits": lambda: check_tmpfs_limits(snap),
+        "vm.min_free": lambda: check_min_free(snap, floor_bytes),
+        "launch.unclean": lambda: blackboxes,
         "mem.pinned": lambda: check_mem_pinned(snap),
         "hugetlb": lambda: check_hugetlb(snap),
         "overcommit": lambda: check_overcommit(snap, plan),

@@ -11,6 +11,7 @@ import json
 import os
 import time
 
+from baldr_ops.prometheus import Exposition
 from baldr_ops.doctor.checks import CRIT, INFO, OK, UNKNOWN, WARN, Check, exit_code, summarize, worst
 
 SCHEMA_VERSION = "1.0"   # == baldr_ops.schema.SCHEMA_VERSION (a test keeps them equal)
@@ -133,21 +134,9 @@ def render_table(doc: dict, stream) -> None:
 
 # ---------------------------------------------------------------- Prometheus textfile
 
-def _label(value) -> str:
-    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
 def prometheus_text(doc: dict, snap) -> str:
-    out = []
-
-    def metric(name: str, kind: str, help_text: str, samples: list[tuple[dict, float]]):
-        if not samples:
-            return
-        out.append(f"# HELP {name} {help_text}")
-        out.append(f"# TYPE {name} {kind}")
-        for labels, value in samples:
-            lab = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
-            out.append(f"{name}{{{lab}}} {value}" if lab else f"{name} {value}")
+    exposition = Exposition()
+    metric = exposition.metric
 
     metric("baldr_doctor_check_status", "gauge",
            "Doctor check status: 0 OK or INFO, 1 WARN, 2 CRIT, 3 UNKNOWN.",
@@ -178,24 +167,4 @@ def prometheus_text(doc: dict, snap) -> str:
     metric("baldr_doctor_exit_code", "gauge", "Exit code of the last doctor run.", [({}, doc["exit_code"])])
     metric("baldr_doctor_last_run_timestamp_seconds", "gauge", "When doctor last ran (Unix time).",
            [({}, round(snap.time, 3))])
-    return "\n".join(out) + "\n"
-
-
-def write_atomic(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same directory and a rename."""
-    import tempfile
-
-    target = os.path.abspath(path)
-    directory = os.path.dirname(target) or "."
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    return exposition.text()

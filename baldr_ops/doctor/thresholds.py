@@ -28,9 +28,9 @@ RULES: dict[str, dict] = {
              "is a diagnostic, not a routine step",
         source="NVIDIA xr-ai troubleshooting (MemAvailable >> MemFree = cache pressure); vllm#35313"),
     "swap.used": dict(
-        title="Swap exhaustion", unit="%", warn=90.0, crit=5.0,
+        title="Swap exhaustion", unit="%", warn=90.0, crit=95.0,
         how="1 - SwapFree/SwapTotal (only when SwapTotal > 0)",
-        warn_text=">= 90 % used", crit_text="SwapFree <= 5 % and mem.available <= 5 %",
+        warn_text=">= 90 % used", crit_text=">= 95 % used and mem.available <= 5 %",
         hint="swap is nearly full: find the largest users with `smem -s swap` or `top -o SWAP`",
         source="systemd-oomd SwapUsedLimit=90%; oomd desktop swap_free 10; earlyoom -s 10,5"),
     "swap.absent": dict(
@@ -98,10 +98,33 @@ RULES: dict[str, dict] = {
     "shmem.tmpfs": dict(
         title="Shared memory and tmpfs", unit="%", warn=10.0, crit=None,
         how="meminfo Shmem; tmpfs mounts (statvfs)",
-        warn_text="Shmem >= 10 % of MemTotal; INFO when tmpfs limits sum > 50 % of MemTotal", crit_text="-",
+        warn_text="Shmem >= 10 % of MemTotal (the limits: tmpfs.limits)", crit_text="-",
         hint="tmpfs and /dev/shm come out of the same pool: clean them (`du -sh /dev/shm /tmp /run`) or cap size=",
-        source="proc.rst (Cached includes shmem); tmpfs.rst (default 50 % of RAM); tonyd2wild#31 (heuristic)",
-        limits_pct=50.0),
+        source="proc.rst (Cached includes shmem); tonyd2wild#31 (heuristic)"),
+    "tmpfs.limits": dict(
+        title="tmpfs and /dev/shm limits", unit="%", warn=50.0, crit=None,
+        how="tmpfs mounts' size= limits (statvfs) against MemTotal",
+        warn_text="one tmpfs limit > 50 % of MemTotal (above the kernel default), or the limits sum >= 100 %",
+        crit_text="-",
+        hint="tmpfs pages are not reclaimable without swap and come out of the pool the GPU uses: cap them "
+             "(mount -o remount,size=16G /dev/shm; docker --shm-size) to what the workload needs",
+        source="tmpfs.rst (default 50 % of RAM); tonyd2wild#31 (shm_size 64gb suspected in hard power-offs); "
+               "issue 13 (heuristic)"),
+    "vm.min_free": dict(
+        title="vm.min_free_kbytes against the floor", unit="GiB", warn=25.0, crit=None,
+        how="/proc/sys/vm/min_free_kbytes against the planned OS floor (--floor, default 8G)",
+        warn_text=">= 25 % of the floor (MemAvailable loses about as much: the floor is paid twice)",
+        crit_text="-",
+        hint="raising vm.min_free_kbytes lowers MemAvailable by about its size and trips start-up checks; "
+             "keep it near the kernel's default and let the floor (--floor) hold the headroom",
+        source="sysctl/vm.rst (min_free_kbytes, watermarks); tonyd2wild GLM-5.3 PR #19 (the min_free_kbytes trap); "
+               "issue 13"),
+    "launch.unclean": dict(
+        title="Unclean previous run (memory guard black box)", unit="", warn=None, crit=None,
+        how="black boxes under $XDG_STATE_HOME/baldr-ops/blackbox (or --blackbox DIR) without their end marker",
+        warn_text="a run ended without its end marker (wedge, power loss, kill -9)", crit_text="-",
+        hint="the last minute is in the evidence; `baldr-ops doctor --blackbox DIR --json` shows it whole",
+        source="issue 13 (a wedged GB10 leaves nothing else to read: open-gpu-kernel-modules#1358)"),
     "mem.pinned": dict(
         title="Unevictable / mlocked memory", unit="%", warn=25.0, crit=None,
         how="meminfo Unevictable, Mlocked",

@@ -11,10 +11,13 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-ExitClass = Literal["clean", "stopped", "kernel-oom", "oomd", "nvrm-oom", "plan-oom", "config-error",
-                    "crash"]
+ExitClass = Literal["clean", "stopped", "kernel-oom", "oomd", "nvrm-oom", "plan-oom", "memguard", "config-error",
+                    "canary", "sampling-kernel", "crash"]
 RESTARTABLE = {"crash"}
-MEMORY_CLASSES = {"kernel-oom", "oomd", "nvrm-oom", "plan-oom"}
+MEMORY_CLASSES = {"kernel-oom", "oomd", "nvrm-oom", "plan-oom", "memguard"}
+# MAX's log-line kinds (engines/max/logphases.py) that mean "this configuration cannot run": a
+# restart would fail the same way, so it never restarts.
+CONFIG_KINDS = ("encoding", "model-path", "port", "architecture", "max-length", "usage")
 
 
 class ExitEvidence(BaseModel):
@@ -22,6 +25,7 @@ class ExitEvidence(BaseModel):
     oom_kills_delta: int = 0          # /proc/vmstat oom_kill since start
     kernel_lines: list[str] = []      # kernel-log lines since start (OOM, NVRM, oomd)
     log_error_kinds: list[str] = []   # from the log parser (logphases._ERROR_HINTS kinds)
+    last_error: str | None = None     # the server's last error line, to quote
     stopping: bool = False            # we asked it to stop
 
 
@@ -57,10 +61,14 @@ def classify_exit(ev: ExitEvidence) -> ExitVerdict:
     if "plan-oom" in ev.log_error_kinds or "oom" in ev.log_error_kinds:
         return ExitVerdict(kind="plan-oom", restart=False,
                            summary=f"out of memory while loading ({status}); lower --cap use or free memory")
-    config_kinds = {"encoding", "model-path", "port"} & set(ev.log_error_kinds)
+    if "topk-kernel" in ev.log_error_kinds:
+        return ExitVerdict(kind="sampling-kernel", restart=False,
+                           summary=f"the sampling kernel failed (modular#6488, CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES; {status})")
+    config_kinds = set(CONFIG_KINDS) & set(ev.log_error_kinds)
     if config_kinds:
+        quoted = f": {ev.last_error[:200]}" if ev.last_error else ""
         return ExitVerdict(kind="config-error", restart=False,
-                           summary=f"configuration error ({', '.join(sorted(config_kinds))}; {status})")
+                           summary=f"configuration error ({', '.join(sorted(config_kinds))}; {status}){quoted}")
     if ev.returncode == 0:
         return ExitVerdict(kind="clean", summary="exited cleanly (exit 0)", restart=False)
     return ExitVerdict(kind="crash", summary=f"crashed ({status})", restart=True)

@@ -16,26 +16,35 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from baldr_ops.atomic import atomic_write
 from baldr_ops.errors import UserError
+from baldr_ops.launch.exits import ExitVerdict
+from baldr_ops.memguard.runtime import MemGuardStatus
+from baldr_ops.paths import RUN_ENV, runs_root
 from baldr_ops.schema import Document
 
 RunState = Literal["preflight", "starting", "loading", "compiling", "warming", "ready", "draining",
                    "restarting", "stopped", "failed"]
 
 
-def runs_root() -> Path:
-    explicit = os.environ.get("BALDR_RUN_DIR")
-    if explicit:
-        return Path(explicit)
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime and os.path.isdir(runtime):
-        return Path(runtime) / "baldr-ops"
-    return Path(os.path.expanduser("~/.local/state/baldr-ops/runs"))
-
-
 class GuardInfo(BaseModel):
     mode: str
     reason: str
+
+
+class CanaryStatus(BaseModel):
+    """The canary in `status`: what it asks, what it got at ready, how the checks since went."""
+
+    prompts: list[str]
+    expect: list[str | None] = []
+    every_s: float | None = None
+    ready_answers: list[str] = []
+    ready_latency_s: float | None = None
+    checks: int = 0                   # checks while serving
+    failures: int = 0
+    last_check_at: float | None = None
+    last_latency_s: float | None = None
+    last_failure: str | None = None
 
 
 class RunStatus(Document):
@@ -62,6 +71,24 @@ class RunStatus(Document):
     last_exit: str | None = None
     alive: bool = True               # filled in by readers: is the supervisor still running?
     compile_cache: str | None = None  # filled in by readers: is MAX's compile cache warm for the model?
+    memguard: MemGuardStatus | None = None
+    canary: CanaryStatus | None = None
+
+
+class PostMortem(Document):
+    """Written to the run directory after every unexpected exit of the server."""
+
+    kind: Literal["postmortem"] = "postmortem"
+    verdict: ExitVerdict
+    returncode: int | None
+    uptime_s: float
+    phase: str                       # MAX's last start-up phase
+    errors: list[str]                # MAX's error lines
+    evidence: dict                   # kernel-side: OOM kills since start, NVRM/oomd lines
+    log_tail: list[str]
+    command: list[str]
+    blackbox: dict | None = None     # the memory guard's last minute (after a guard stop)
+    canary_failures: int = 0         # canary checks failed while serving, this supervisor's life
 
 
 class RunDir:
@@ -84,8 +111,11 @@ class RunDir:
 
     def acquire(self) -> None:
         """Take the port's lock for this process's lifetime, or say who holds it."""
-        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+        self.ensure()
+        try:
+            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise self._unusable(exc) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -97,6 +127,31 @@ class RunDir:
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
+
+    def check_usable(self) -> None:
+        """Whether the directory could be made and written, without writing anything (preflight)."""
+        probe = self.path
+        while not probe.exists():
+            if probe.parent == probe:
+                break
+            probe = probe.parent
+        if not probe.is_dir():
+            raise self._unusable(NotADirectoryError(20, "Not a directory"))
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise self._unusable(PermissionError(13, "Permission denied"))
+
+    def ensure(self) -> None:
+        """The directory exists and is ours to write, or one line says why not."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise self._unusable(exc) from None
+        if not os.access(self.path, os.W_OK | os.X_OK):
+            raise self._unusable(PermissionError(13, "Permission denied"))
+
+    def _unusable(self, exc: OSError) -> UserError:
+        return UserError(f"cannot use the run directory {self.path}: {exc.strerror or exc}",
+                         hint=f"{RUN_ENV} (or XDG_RUNTIME_DIR) must name a directory this user can write")
 
     def held_by_someone(self) -> bool:
         """True when a live supervisor holds the lock (False for us if we hold it ourselves)."""
@@ -112,9 +167,7 @@ class RunDir:
             os.close(fd)
 
     def write(self, status: RunStatus) -> None:
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(status.model_dump_json(indent=2))
-        os.replace(tmp, self.state_file)
+        atomic_write(self.state_file, status.model_dump_json(indent=2))
 
     def read(self) -> RunStatus | None:
         try:
@@ -122,9 +175,10 @@ class RunDir:
         except (OSError, ValueError):
             return None
 
-    def write_postmortem(self, report: dict) -> Path:
-        path = self.path / f"postmortem-{time.strftime('%Y%m%d-%H%M%S')}.json"
-        path.write_text(json.dumps(report, indent=2, default=str))
+    def write_postmortem(self, report: PostMortem) -> Path:
+        now = time.time()
+        path = self.path / f"postmortem-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}-{int(now * 1000) % 1000:03d}.json"
+        atomic_write(path, report.to_json())
         return path
 
 

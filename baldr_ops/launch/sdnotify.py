@@ -44,12 +44,21 @@ class Notifier:
         return self.send(f"STATUS={text}")
 
 
+def _systemd_escape(text: str) -> str:
+    """systemd expands %-specifiers in these values and $VARIABLES in ExecStart: keep both literal
+    (a cap of 90% must reach launch as 90%). Callers refuse control characters before this."""
+    return text.replace("%", "%%").replace("$", "$$")
+
+
 def unit_file(launch_args: list[str], user: str | None = None, description: str | None = None) -> str:
-    """A Type=notify unit that runs `baldr-ops launch` with the given arguments."""
-    exe = shlex.join([sys.executable, "-m", "baldr_ops", "launch", *launch_args])
+    """A Type=notify unit that runs `baldr-ops launch` with the given arguments. A long-lived
+    service re-asks its canary every 10 minutes unless the arguments say otherwise."""
+    if not any(a == "--canary-every" or a.startswith("--canary-every=") or a == "--no-canary" for a in launch_args):
+        launch_args = [*launch_args, "--canary-every", "10m"]
+    exe = _systemd_escape(shlex.join([sys.executable, "-m", "baldr_ops", "launch", *launch_args]))
     lines = [
         "[Unit]",
-        f"Description={description or 'MAX model server supervised by baldr-ops'}",
+        f"Description={_systemd_escape(description or 'MAX model server supervised by baldr-ops')}",
         "After=network-online.target",
         "Wants=network-online.target",
         "",

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from baldr_ops.errors import UserError
+from baldr_ops.paths import config_root
 
 KEY_ENV = "BALDR_MEMORY_KEY"
 KEY_FILE_ENV = "BALDR_MEMORY_KEY_FILE"
@@ -53,9 +54,7 @@ class SigningKey:
 
 
 def default_key_path(env: dict | None = None) -> Path:
-    env = os.environ if env is None else env
-    base = env.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return Path(base) / "baldr-ops" / "memory.key"
+    return config_root(env) / "memory.key"
 
 
 def _parse(text: str, origin: str) -> bytes:
@@ -96,10 +95,14 @@ def load_key(key_file: str | os.PathLike | None = None, env: dict | None = None,
     return read_key_file(path)
 
 
-def generate_key(path: str | os.PathLike) -> SigningKey:
-    """Write a new random key to ``path`` (0600, never overwriting) and return it."""
+def generate_key(path: str | os.PathLike, create_parent: bool = False) -> SigningKey:
+    """Write a new random key to ``path`` (0600, never overwriting) and return it. The parent
+    directory must exist unless ``create_parent`` (the default key's own directory)."""
     path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if create_parent:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    elif not path.parent.is_dir():
+        raise UserError(f"the directory of {path} does not exist", hint=f"create {path.parent} first, or give another --key-file")
     secret = secrets.token_bytes(KEY_BYTES)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

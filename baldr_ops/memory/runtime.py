@@ -25,7 +25,7 @@ from baldr_ops.memory.index import IndexFactory
 from baldr_ops.memory.nudge import NudgeSession
 from baldr_ops.memory.recall import LayerMemory
 from baldr_ops.memory.records import now, sha256_text
-from baldr_ops.memory.store import MemoryStore
+from baldr_ops.memory.store import MemoryStore, layer_file
 from baldr_ops.memory.verify import REDERIVE_TOLERANCE, rederive
 
 
@@ -65,6 +65,14 @@ class MemoryRuntime:
             layer = lm.check_layer(s.layer)
             state = store.read_layer(layer)
             excluded += [Exclusion(layer, p.where(), p.reason) for p in state.problems]
+            if state.reference is None and (state.damaged or state.problems):
+                # The log is there but its reference entry failed verification: its memories
+                # cannot be used, and "no memories" would send the operator the wrong way.
+                why = state.damaged or state.problems[0].reason
+                raise UserError(f"store {store.directory}: the log of layer {layer} is damaged ({why}); its reference "
+                                "entry cannot be trusted, so none of its memories can be used",
+                                hint=f"restore {layer_file(layer)} from a backup of the store (docs/memory.md, "
+                                     f"Integrity model); 'memory verify --store {store.directory}' lists the damage")
             if state.reference is None:
                 raise UserError(f"store {store.directory} has no memories at layer {layer}",
                                 hint=f"layers with memories: {store.layers() or 'none'}; 'memory add --layer {layer}'")

@@ -29,8 +29,6 @@ import fcntl
 import json
 import os
 import re
-import shutil
-import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -41,6 +39,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from baldr_ops.atomic import atomic_directory, atomic_write, fsync_dir
 from baldr_ops.errors import UserError
 from baldr_ops.memory.identity import ModelIdentity, require_same_model
 from baldr_ops.memory.keys import SigningKey
@@ -226,14 +225,6 @@ def layer_file(layer: int) -> str:
     return f"layer-{layer:03d}.jsonl"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def append_lines(path: Path, lines: Sequence[bytes]) -> None:
     """Append whole lines with one write and fsync; first end a torn last line, if there is one."""
     created = not path.exists()
@@ -248,7 +239,7 @@ def append_lines(path: Path, lines: Sequence[bytes]) -> None:
     finally:
         os.close(fd)
     if created:
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
 
 def read_lines(path: Path) -> Iterator[tuple[int, bytes, bool]]:
@@ -308,18 +299,6 @@ def _write_chain(path: Path, makers: Sequence[Callable[[int, str], tuple[str, by
         seq, prev = seq + 1, mac
     append_lines(path, lines)
     return seq, prev, macs
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (a 0600 temporary file, fsync, rename, fsync the directory)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 LineMaker = Callable[[int, str], tuple[str, bytes]]  # (seq, prev) -> (hmac, line)
@@ -397,32 +376,31 @@ class MemoryStore:
         directory = self.directory
         if (directory / HEADER).exists():
             raise StoreAppeared(str(directory))
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))  # 0700
         try:
-            heads = Heads(format=HEADS_FORMAT, store_id=self.header.store_id, logs={})
-            out = {}
-            for name, (makers, revoked) in logs.items():
-                count, last, out[name] = _write_chain(tmp / name, makers, 0, GENESIS)
-                heads.logs[name] = LogHead(count=count, last=last, size=(tmp / name).stat().st_size,
-                                           revoked=sorted(set(revoked)))
-            heads.hmac = self.key.sign(heads.message())
-            _write_private(tmp / HEADS, heads.model_dump_json() + "\n")
-            _write_private(tmp / HEADER, self.header.model_dump_json(indent=2) + "\n")
-            os.close(os.open(tmp / _LOCK, os.O_RDWR | os.O_CREAT, 0o600))  # there from the start: locking adds no file
-            try:
-                os.rename(tmp, directory)  # replaces an empty directory; fails on a non-empty one
-            except OSError as exc:
-                if (directory / HEADER).exists():
-                    raise StoreAppeared(str(directory)) from exc
+            out: dict = {}
+            with atomic_directory(directory, mode=0o700, durable=True) as tmp:   # replaces an empty directory
+                self._write_new(tmp, logs, out)
+        except OSError as exc:
+            if (directory / HEADER).exists():
+                raise StoreAppeared(str(directory)) from exc
+            if directory.is_dir() and any(directory.iterdir()):
                 raise UserError(f"{directory} exists and is not an empty directory or a memory store",
                                 hint="give a new or empty directory for --store") from exc
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
             raise
-        _fsync_dir(directory.parent)
         self.pending = False
         return out
+
+    def _write_new(self, tmp: Path, logs, out: dict) -> None:
+        """The new store's files, written into its private temporary directory."""
+        heads = Heads(format=HEADS_FORMAT, store_id=self.header.store_id, logs={})
+        for name, (makers, revoked) in logs.items():
+            count, last, out[name] = _write_chain(tmp / name, makers, 0, GENESIS)
+            heads.logs[name] = LogHead(count=count, last=last, size=(tmp / name).stat().st_size,
+                                       revoked=sorted(set(revoked)))
+        heads.hmac = self.key.sign(heads.message())
+        atomic_write(tmp / HEADS, heads.model_dump_json() + "\n", mode=0o600, durable=True)
+        atomic_write(tmp / HEADER, self.header.model_dump_json(indent=2) + "\n", mode=0o600, durable=True)
+        os.close(os.open(tmp / _LOCK, os.O_RDWR | os.O_CREAT, 0o600))  # there from the start: locking adds no file
 
     def adopt(self) -> None:
         """After `StoreAppeared`: become the store another process wrote (same key and model)."""
@@ -449,7 +427,7 @@ class MemoryStore:
 
     def _write_heads(self, heads: Heads) -> None:
         heads.hmac = self.key.sign(heads.message())
-        _write_private(self.directory / HEADS, heads.model_dump_json() + "\n")
+        atomic_write(self.directory / HEADS, heads.model_dump_json() + "\n", mode=0o600, durable=True)
 
     # -- reading -------------------------------------------------------------------------------
     def layers(self) -> list[int]:
@@ -645,10 +623,7 @@ def set_kill_switch(directory: Path, disabled: bool, note: str | None = None) ->
         raise UserError(f"{directory} is not a memory store (no {HEADER})")
     flag = directory / KILL_FLAG
     if disabled:
-        tmp = directory / f".{KILL_FLAG}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps({"disabled_at": now(), "note": note}) + "\n")
-        os.replace(tmp, flag)
-        _fsync_dir(directory)
+        atomic_write(flag, json.dumps({"disabled_at": now(), "note": note}) + "\n", mode=0o600, durable=True)
     elif flag.exists():
         flag.unlink()
-        _fsync_dir(directory)
+        fsync_dir(directory)

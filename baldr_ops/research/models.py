@@ -17,7 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from baldr_ops.atomic import atomic_write
 from baldr_ops.errors import UserError
+from baldr_ops.paths import cache_root
 
 DEMO_SPEC = "demo"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
@@ -217,8 +219,6 @@ def load_model(spec: str | os.PathLike | None = None, *, dtype: str = "float32",
 
 def weights_fingerprint(path: Path) -> str:
     """sha256 of a model's weight files, cached in the user cache keyed by (path, sizes, mtimes)."""
-    from baldr_ops.models.demo import cache_root
-
     files = sorted([path] if path.is_file() else [p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES])
     if not files:
         raise UserError(f"no weight files in {path}")
@@ -238,9 +238,7 @@ def weights_fingerprint(path: Path) -> str:
     value = digest.hexdigest()
     try:
         memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(value)
-        os.replace(tmp, memo)
+        atomic_write(memo, value)
     except OSError:
         pass  # a read-only cache only costs a re-hash next time
     return value

@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from baldr_ops.errors import UserError
+from baldr_ops.sae.defaults import BUILTIN_NAME, DEFAULT_MASSIVE_FACTOR  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:  # torch is imported where used, so the CLI's --help can read the constants cheaply
     import torch
 
 Split = Literal["train", "heldout"]
 HELDOUT_EVERY = 6  # on CPython 3.11: 14 of the 79 topics, ~6.5 k SmolLM2 tokens held out, ~51 k to train on
-BUILTIN_NAME = "builtin"  # what --text takes for the built-in corpus
 DEFAULT_CHUNK_CHARS = 1 << 16
 DOCUMENT_SEPARATOR = "\n\n"
 
@@ -220,7 +220,6 @@ def pad_id(tokenizer) -> int:
 
 
 # -- which tokens count ------------------------------------------------------------------------------
-DEFAULT_MASSIVE_FACTOR = 10.0
 
 
 def massive_norm(norms: torch.Tensor, counted: torch.Tensor, factor: float = DEFAULT_MASSIVE_FACTOR

@@ -29,7 +29,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from baldr_ops.errors import UserError
-from baldr_ops.sae.model import SAEConfig, SparseAutoencoder, check_finite, check_shape
+from baldr_ops.sae.model import SAEConfig, SparseAutoencoder
 
 SAELENS_CFG = "cfg.json"
 SAELENS_WEIGHTS = "sae_weights.safetensors"
@@ -94,6 +94,18 @@ def _typed(model: type[_StrictFields], cfg: dict, file: Path):
         raise UserError(f"{file}: field {field} must be {expected}, found {found!r}{more}") from None
 
 
+def check_shape(name: str, found: tuple[int, ...], expected: tuple[int, ...], file: str) -> None:
+    """A clear error naming the file, the tensor, the expected and the found shape."""
+    if tuple(found) != tuple(expected):
+        raise UserError(f"{file}: tensor {name} has shape {list(found)}, expected {list(expected)}")
+
+
+def check_finite(name: str, tensor: torch.Tensor, file: str) -> None:
+    if not torch.isfinite(tensor).all():
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise UserError(f"{file}: tensor {name} has {bad} non-finite values (NaN or inf)")
+
+
 class TensorFile:
     """Lazy access to a safetensors file: keys without reading data, one tensor at a time."""
 
@@ -106,6 +118,18 @@ class TensorFile:
         except Exception as exc:  # safetensors raises its own error types for truncated/garbled files
             raise UserError(f"cannot read {path}: {exc}") from exc
         self.keys = set(self._file.keys())
+
+    def __enter__(self) -> TensorFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the file (safetensors maps it); tensors already read stay valid."""
+        file, self._file = self._file, None
+        if file is not None:
+            file.__exit__(None, None, None)
 
     def shape(self, key: str) -> tuple[int, ...]:
         return tuple(self._file.get_slice(key).get_shape())
@@ -132,6 +156,15 @@ class NpzFile:
             raise UserError(f"cannot read {path}: {exc}") from exc
         self._members = {n.removesuffix(".npy"): n for n in self._zip.namelist() if n.endswith(".npy")}
         self.keys = set(self._members)
+
+    def __enter__(self) -> NpzFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._zip.close()
 
     def shape(self, key: str) -> tuple[int, ...]:
         with self._zip.open(self._members[key]) as fh:
@@ -323,17 +356,17 @@ def _detect_saelens(path: Path) -> bool:
 def _load_saelens(path: Path, opts: LoadOptions) -> SparseAutoencoder:
     cfg = _read_json(path / SAELENS_CFG)
     fields = _saelens_cfg(cfg, path / SAELENS_CFG)
-    tensors = TensorFile(path / SAELENS_WEIGHTS)
-    names = {n: n for n in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")}
-    given = {}
-    if fields["architecture"] == "jumprelu" and "threshold" not in tensors.keys \
-            and "topk_threshold" in tensors.keys:
-        # A BatchTopK training checkpoint: one global threshold, broadcast as SAELens does on save.
-        scalar = tensors.get("topk_threshold", opts)
-        if scalar.numel() != 1:
-            raise UserError(f"{tensors.path}: topk_threshold has shape {list(scalar.shape)}, expected one value")
-        given["threshold"] = scalar.reshape(()).expand(fields["d_sae"]).clone()
-    return build_sae(fields, tensors, names, opts, "saelens", given=given)
+    with TensorFile(path / SAELENS_WEIGHTS) as tensors:
+        names = {n: n for n in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")}
+        given = {}
+        if fields["architecture"] == "jumprelu" and "threshold" not in tensors.keys \
+                and "topk_threshold" in tensors.keys:
+            # A BatchTopK training checkpoint: one global threshold, broadcast as SAELens does on save.
+            scalar = tensors.get("topk_threshold", opts)
+            if scalar.numel() != 1:
+                raise UserError(f"{tensors.path}: topk_threshold has shape {list(scalar.shape)}, expected one value")
+            given["threshold"] = scalar.reshape(()).expand(fields["d_sae"]).clone()
+        return build_sae(fields, tensors, names, opts, "saelens", given=given)
 
 
 # -- Gemma Scope v1 (Gemma 2): params.npz --------------------------------------------------------
@@ -366,24 +399,24 @@ _GEMMA_SCOPE_RELEASE = re.compile(r"gemma-scope-[\w.-]*?-(res|mlp|att)(?:-|$)")
 
 
 def _load_gemma_scope_v1(path: Path, opts: LoadOptions) -> SparseAutoencoder:
-    tensors = NpzFile(path / GEMMA_SCOPE_V1_WEIGHTS)
-    keys = _pick_keys(tensors.keys, ("W_enc", "b_enc", "b_dec", "threshold")
-                      + (() if opts.encoder_only else ("W_dec",)), tensors.path)
-    keys.setdefault("W_dec", "W_dec")
-    if "scaling_factor" in tensors.keys:  # a fine-tuning scale SAELens folds; 1 everywhere is a no-op
-        scale = tensors.get("scaling_factor", opts)
-        if not torch.allclose(scale, torch.ones_like(scale)):
-            raise UserError(f"{tensors.path}: a scaling_factor other than 1 is not supported")
-    if "embedding" in path.parts:
-        raise UserError(f"{path}: a Gemma Scope embedding SAE reads the token embeddings, not a layer's output",
-                        hint="use a layer_L SAE")
-    fields = _jumprelu_fields_from_shapes(tensors, keys)
-    layer = layer_from_path(path)
-    # The release name says what it reads: gemma-scope-2b-pt-res / -mlp / -att (-canonical, ...).
-    site = next((m.group(1) for part in path.parts if (m := _GEMMA_SCOPE_RELEASE.search(part))), "res")
-    hook = {"res": "hook_resid_post", "mlp": "hook_mlp_out", "att": "attn.hook_z"}[site]
-    fields.update(layer=layer, hook_name=f"blocks.{layer}.{hook}" if layer is not None else None)
-    return build_sae(fields, tensors, keys, opts, "gemma-scope-v1")
+    with NpzFile(path / GEMMA_SCOPE_V1_WEIGHTS) as tensors:
+        keys = _pick_keys(tensors.keys, ("W_enc", "b_enc", "b_dec", "threshold")
+                          + (() if opts.encoder_only else ("W_dec",)), tensors.path)
+        keys.setdefault("W_dec", "W_dec")
+        if "scaling_factor" in tensors.keys:  # a fine-tuning scale SAELens folds; 1 everywhere is a no-op
+            scale = tensors.get("scaling_factor", opts)
+            if not torch.allclose(scale, torch.ones_like(scale)):
+                raise UserError(f"{tensors.path}: a scaling_factor other than 1 is not supported")
+        if "embedding" in path.parts:
+            raise UserError(f"{path}: a Gemma Scope embedding SAE reads the token embeddings, not a layer's output",
+                            hint="use a layer_L SAE")
+        fields = _jumprelu_fields_from_shapes(tensors, keys)
+        layer = layer_from_path(path)
+        # The release name says what it reads: gemma-scope-2b-pt-res / -mlp / -att (-canonical, ...).
+        site = next((m.group(1) for part in path.parts if (m := _GEMMA_SCOPE_RELEASE.search(part))), "res")
+        hook = {"res": "hook_resid_post", "mlp": "hook_mlp_out", "att": "attn.hook_z"}[site]
+        fields.update(layer=layer, hook_name=f"blocks.{layer}.{hook}" if layer is not None else None)
+        return build_sae(fields, tensors, keys, opts, "gemma-scope-v1")
 
 
 # -- Gemma Scope 2 (Gemma 3): params.safetensors, lowercase keys, optional config.json -------------
@@ -405,22 +438,22 @@ def _load_gemma_scope_2(path: Path, opts: LoadOptions) -> SparseAutoencoder:
     if arch not in ("jump_relu", "jumprelu"):
         raise UserError(f"{path / GEMMA_SCOPE_2_CFG}: architecture {arch!r} is not supported",
                         hint="Gemma Scope 2 SAEs are jump_relu")
-    tensors = TensorFile(path / GEMMA_SCOPE_2_WEIGHTS)
-    if "affine_skip_connection" in tensors.keys or cfg.hf_hook_point_out:
-        raise UserError(f"{tensors.path}: this is a transcoder (it maps an MLP's input to its output), "
-                        "not a residual-stream SAE", hint="use a resid_post SAE")
-    keys = _pick_keys(tensors.keys, ("W_enc", "b_enc", "b_dec", "threshold")
-                      + (() if opts.encoder_only else ("W_dec",)), tensors.path)
-    keys.setdefault("W_dec", "w_dec")
-    fields = _jumprelu_fields_from_shapes(tensors, keys)
-    hook = cfg.hf_hook_point_in
-    layer = layer_from_hook(hook) if hook else layer_from_path(path)
-    if not hook and layer is not None:
-        # No config.json: the release's folder says the site (resid_post/, mlp_out/, attn_out/).
-        site = next((p for p in path.parts if p in ("mlp_out", "attn_out")), None)
-        hook = f"blocks.{layer}.hook_{site}" if site else f"model.layers.{layer}.output"
-    fields.update(layer=layer, model_name=cfg.model_name, hook_name=hook)
-    return build_sae(fields, tensors, keys, opts, "gemma-scope-2")
+    with TensorFile(path / GEMMA_SCOPE_2_WEIGHTS) as tensors:
+        if "affine_skip_connection" in tensors.keys or cfg.hf_hook_point_out:
+            raise UserError(f"{tensors.path}: this is a transcoder (it maps an MLP's input to its output), "
+                            "not a residual-stream SAE", hint="use a resid_post SAE")
+        keys = _pick_keys(tensors.keys, ("W_enc", "b_enc", "b_dec", "threshold")
+                          + (() if opts.encoder_only else ("W_dec",)), tensors.path)
+        keys.setdefault("W_dec", "w_dec")
+        fields = _jumprelu_fields_from_shapes(tensors, keys)
+        hook = cfg.hf_hook_point_in
+        layer = layer_from_hook(hook) if hook else layer_from_path(path)
+        if not hook and layer is not None:
+            # No config.json: the release's folder says the site (resid_post/, mlp_out/, attn_out/).
+            site = next((p for p in path.parts if p in ("mlp_out", "attn_out")), None)
+            hook = f"blocks.{layer}.hook_{site}" if site else f"model.layers.{layer}.output"
+        fields.update(layer=layer, model_name=cfg.model_name, hook_name=hook)
+        return build_sae(fields, tensors, keys, opts, "gemma-scope-2")
 
 
 # -- EleutherAI sparsify: cfg.json + sae.safetensors ----------------------------------------------
@@ -453,12 +486,12 @@ def _load_sparsify(path: Path, opts: LoadOptions) -> SparseAutoencoder:
     # num_latents 0 (or absent) means d_in * expansion_factor, as sparsify builds it.
     d_sae = cfg.num_latents or d_in * cfg.expansion_factor
     k = cfg.k
-    tensors = TensorFile(path / SPARSIFY_WEIGHTS)
-    keys = {"W_enc": "encoder.weight", "b_enc": "encoder.bias", "W_dec": "W_dec", "b_dec": "b_dec"}
-    layer = layer_from_path(path)
-    fields = {"architecture": "topk", "k": k, "d_in": d_in, "d_sae": d_sae, "apply_b_dec_to_input": True,
-              "layer": layer, "hook_name": path.name if layer is not None else None}
-    return build_sae(fields, tensors, keys, opts, "sparsify", transpose=("W_enc",))
+    with TensorFile(path / SPARSIFY_WEIGHTS) as tensors:
+        keys = {"W_enc": "encoder.weight", "b_enc": "encoder.bias", "W_dec": "W_dec", "b_dec": "b_dec"}
+        layer = layer_from_path(path)
+        fields = {"architecture": "topk", "k": k, "d_in": d_in, "d_sae": d_sae, "apply_b_dec_to_input": True,
+                  "layer": layer, "hook_name": path.name if layer is not None else None}
+        return build_sae(fields, tensors, keys, opts, "sparsify", transpose=("W_enc",))
 
 
 def save_saelens(sae: SparseAutoencoder, path: str | Path) -> Path:
@@ -504,6 +537,20 @@ def sae_directory(path: Path) -> Path:
     return path
 
 
+def _weights_named_by(cfg_file: Path) -> str:
+    """Which weights file a cfg.json implies: sparsify's configs name latents, SAELens' d_sae."""
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except (OSError, ValueError):
+        cfg = {}
+    cfg = cfg if isinstance(cfg, dict) else {}
+    if "num_latents" in cfg or "expansion_factor" in cfg:
+        return f"{SPARSIFY_WEIGHTS} (sparsify)"
+    if "d_sae" in cfg or "architecture" in cfg or "hook_name" in cfg:
+        return f"{SAELENS_WEIGHTS} (SAELens)"
+    return f"{SAELENS_WEIGHTS} (SAELens) or {SPARSIFY_WEIGHTS} (sparsify)"
+
+
 def detect_format(path: Path) -> Format:
     """The format of one SAE directory, from file names alone (no weights are read)."""
     if not path.exists():
@@ -516,6 +563,9 @@ def detect_format(path: Path) -> Format:
         # Named by layer (layer_12, layers.12, blocks.12.hook_resid_post): the layout `layered` reads.
         raise UserError(f"{path} is a directory of per-layer SAEs, not one SAE",
                         hint="open it with baldr_ops.sae.layered.LayeredSAEs (the CLI: --sae DIR --layer L)")
+    if path.is_dir() and (path / SAELENS_CFG).is_file():   # SAELens and sparsify both keep a cfg.json
+        raise UserError(f"{path}: {SAELENS_CFG} is there but the weights are not: expected "
+                        f"{_weights_named_by(path / SAELENS_CFG)}", hint="copy the weights file beside cfg.json")
     listing = ", ".join(sorted(p.name for p in path.iterdir())[:12]) if path.is_dir() else path.name
     raise UserError(f"{path}: unknown SAE format (found: {listing or 'an empty directory'})",
                     hint=f"known formats: {', '.join(f.name for f in FORMATS)}")

@@ -20,7 +20,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from baldr_ops.errors import UserError
+from baldr_ops.sae.errors import SAEError
 
 Architecture = Literal["relu", "topk", "jumprelu"]
 
@@ -58,9 +58,9 @@ class SparseAutoencoder:
     def __post_init__(self) -> None:
         c = self.config
         if c.architecture == "topk" and not (c.k and 0 < c.k <= c.d_sae):
-            raise UserError(f"a TopK SAE needs 0 < k <= d_sae ({c.d_sae}), got k={c.k}")
+            raise SAEError(f"a TopK SAE needs 0 < k <= d_sae ({c.d_sae}), got k={c.k}")
         if c.architecture == "jumprelu" and self.threshold is None:
-            raise UserError("a JumpReLU SAE needs a threshold tensor")
+            raise SAEError("a JumpReLU SAE needs a threshold tensor")
 
     @property
     def d_in(self) -> int:
@@ -84,7 +84,7 @@ class SparseAutoencoder:
     # -- maths --------------------------------------------------------------------------------
     def _cast(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.d_in:
-            raise UserError(f"activations have d_model {x.shape[-1]} but the SAE expects d_in {self.d_in}")
+            raise SAEError(f"activations have d_model {x.shape[-1]} but the SAE expects d_in {self.d_in}")
         return x.to(self.W_enc.dtype)
 
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
@@ -107,7 +107,7 @@ class SparseAutoencoder:
         rank_by = pre
         if self.config.rescale_acts_by_decoder_norm:
             if self.W_dec is None:
-                raise UserError("this TopK SAE ranks by decoder norm; load it with its decoder")
+                raise SAEError("this TopK SAE ranks by decoder norm; load it with its decoder")
             rank_by = pre * self.W_dec.norm(dim=-1)
         _, idx = rank_by.topk(self.config.k, dim=-1, sorted=False)
         acts = torch.zeros_like(pre)
@@ -115,7 +115,7 @@ class SparseAutoencoder:
 
     def decode(self, acts: torch.Tensor) -> torch.Tensor:
         if self.W_dec is None:
-            raise UserError("this SAE was loaded encoder-only; load it with its decoder to reconstruct")
+            raise SAEError("this SAE was loaded encoder-only; load it with its decoder to reconstruct")
         w_dec = self.W_dec
         if self.config.architecture == "topk" and self.config.rescale_acts_by_decoder_norm:
             w_dec = w_dec / w_dec.norm(dim=-1, keepdim=True)
@@ -128,15 +128,3 @@ class SparseAutoencoder:
         """(values, feature ids) of the k most active features per token, largest first."""
         acts = self.encode(x)
         return acts.topk(min(k, self.d_sae), dim=-1)
-
-
-def check_shape(name: str, found: tuple[int, ...], expected: tuple[int, ...], file: str) -> None:
-    """A clear error naming the file, the tensor, the expected and the found shape."""
-    if tuple(found) != tuple(expected):
-        raise UserError(f"{file}: tensor {name} has shape {list(found)}, expected {list(expected)}")
-
-
-def check_finite(name: str, tensor: torch.Tensor, file: str) -> None:
-    if not torch.isfinite(tensor).all():
-        bad = int((~torch.isfinite(tensor)).sum())
-        raise UserError(f"{file}: tensor {name} has {bad} non-finite values (NaN or inf)")

@@ -2,7 +2,7 @@
 
 Every reader takes a ``root`` path ("/" for this machine, a fixture or snapshot tree otherwise) and
 never raises on bad input: a signal it cannot read comes back as ``None`` or an ``available=False``
-value with the reason, never as zero. The types are small records (``_record.Record``, not dataclasses) so ``doctor`` starts fast;
+value with the reason, never as zero. The types are dataclasses;
 ``snapshot.take_snapshot`` gathers them into one :class:`~baldr_ops.system.snapshot.Snapshot`.
 
 Stable entry points other layers use: ``meminfo.read_meminfo(root)``, ``nvml.read_gpu_summary(root)``,

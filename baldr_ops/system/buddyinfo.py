@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from baldr_ops.system._record import Record, factory
+from dataclasses import dataclass, field
 
 from baldr_ops.system._io import read_text
 
 
-class BuddyZone(Record):
+@dataclass
+class BuddyZone:
     node: int
     zone: str
-    free_blocks: list[int] = factory(list)   # index = order
+    free_blocks: list[int] = field(default_factory=list)   # index = order
 
 
-class BuddyInfo(Record):
-    zones: list[BuddyZone] = factory(list)
+@dataclass
+class BuddyInfo:
+    zones: list[BuddyZone] = field(default_factory=list)
     available: bool = False
     error: str | None = None
 

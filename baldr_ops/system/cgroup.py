@@ -8,7 +8,7 @@ cgroup2 hierarchy is also mounted (usually /sys/fs/cgroup/unified).
 
 from __future__ import annotations
 
-from baldr_ops.system._record import Record, factory
+from dataclasses import dataclass, field
 
 from baldr_ops.system._io import key_values, read_text
 from baldr_ops.system.mounts import Mount, read_mounts
@@ -16,7 +16,8 @@ from baldr_ops.system.mounts import Mount, read_mounts
 V1_UNLIMITED = 1 << 62   # v1 reports "no limit" as a huge page-aligned number (9223372036854771712)
 
 
-class CgroupMemory(Record):
+@dataclass
+class CgroupMemory:
     """Memory figures of one cgroup. Limits are None when unlimited ("max") or unreadable."""
 
     version: int                          # 2 or 1
@@ -29,19 +30,20 @@ class CgroupMemory(Record):
     high: int | None = None
     swap_current: int | None = None
     swap_max: int | None = None
-    events: dict[str, int] = factory(dict)        # v2 memory.events
-    oom_control: dict[str, int] = factory(dict)   # v1 memory.oom_control
+    events: dict[str, int] = field(default_factory=dict)        # v2 memory.events
+    oom_control: dict[str, int] = field(default_factory=dict)   # v1 memory.oom_control
     failcnt: int | None = None            # v1
-    stat: dict[str, int] = factory(dict)
+    stat: dict[str, int] = field(default_factory=dict)
 
 
-class CgroupInfo(Record):
+@dataclass
+class CgroupInfo:
     mode: str                             # unified | hybrid | legacy | none | unknown
-    controllers_v2: list[str] = factory(list)
+    controllers_v2: list[str] = field(default_factory=list)
     memory_v2: bool = False               # memory controller on the v2 hierarchy
     memory: CgroupMemory | None = None
     error: str | None = None
-    evidence: dict[str, str] = factory(dict)
+    evidence: dict[str, str] = field(default_factory=dict)
 
 
 def _limit(text: str | None) -> int | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from baldr_ops.system._record import Record, factory
+from dataclasses import dataclass, field
 
 from baldr_ops.system._io import capture, is_live, read_captured, read_text
 
@@ -30,7 +30,8 @@ def relevant(message: str) -> bool:
     return any(p in message for p in USERSPACE_KILL_PATTERNS) and ("Killed" in message or "SIG" in message)
 
 
-class KernelLine(Record):
+@dataclass
+class KernelLine:
     ts: float | None      # seconds since boot, when known
     text: str
 
@@ -38,12 +39,13 @@ class KernelLine(Record):
         return f"[{self.ts:12.6f}] {self.text}" if self.ts is not None else self.text
 
 
-class KernelLog(Record):
+@dataclass
+class KernelLog:
     """The memory/GPU-relevant kernel-log lines of the current boot; ``available`` False with ``error``."""
 
     available: bool = False
     source: str = "none"
-    lines: list[KernelLine] = factory(list)
+    lines: list[KernelLine] = field(default_factory=list)
     scanned: int = 0
     error: str | None = None
 
@@ -196,3 +198,56 @@ def memory_kill_evidence(since: float | None = None, root: str = "/") -> dict:
             lines = [ln for ln in lines if ln.ts is None or boot + ln.ts >= since - 1.0]
     return {"oom_kills": int(counters.get("oom_kill", 0)), "lines": [ln.render() for ln in lines],
             "source": log.source}
+
+
+class KernelFollower:
+    """New relevant kernel-log lines since the last call, for a sampler that runs for hours.
+
+    Live: /dev/kmsg opened once, positioned at its end (only what happens from now on), read
+    without blocking. On a fixture step root: that step's ``.baldr/kernel.log`` holds the lines
+    that appeared since the step before. ``readable`` is False when the log cannot be followed
+    (kernel.dmesg_restrict without root): the guard then reports the signal UNKNOWN."""
+
+    def __init__(self, root: str = "/"):
+        self.live = is_live(root)
+        self.fd: int | None = None
+        self.error: str | None = None
+        if self.live:
+            try:
+                self.fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+                os.lseek(self.fd, 0, os.SEEK_END)
+            except OSError as exc:
+                self.error = f"/dev/kmsg: {exc.strerror or exc}"
+                self.fd = None
+
+    @property
+    def readable(self) -> bool:
+        return not self.live or self.fd is not None
+
+    def new_lines(self, root: str = "/") -> list[str]:
+        if not self.live:
+            lines, _ = parse_dmesg(read_captured(root, "kernel.log"))
+            return [ln.text for ln in lines]
+        if self.fd is None:
+            return []
+        out = []
+        for _ in range(10_000):   # bounded: a log storm must not stall the sampler
+            try:
+                data = os.read(self.fd, 8192)
+            except BlockingIOError:
+                break
+            except OSError as exc:   # EPIPE: records were overwritten since the last read; go on
+                if exc.errno == 32:
+                    continue
+                break
+            if not data:
+                break
+            line = parse_kmsg_record(data.decode("utf-8", "replace"))
+            if line and relevant(line.text):
+                out.append(line.text)
+        return out
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from baldr_ops.system._record import Record, factory
+from dataclasses import dataclass, field
 
 from baldr_ops.system._io import read_text
 
@@ -33,10 +33,11 @@ def parse_meminfo(text: str | None) -> dict[str, int]:
     return out
 
 
-class MemInfo(Record):
+@dataclass
+class MemInfo:
     """Parsed /proc/meminfo. ``available`` is False when the file could not be read or parsed."""
 
-    fields: dict[str, int] = factory(dict)
+    fields: dict[str, int] = field(default_factory=dict)
     available: bool = False
     source: str = "proc/meminfo"
     error: str | None = None

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import json
 import os
-from baldr_ops.system._record import Record
+from dataclasses import dataclass
 
 from baldr_ops.system._io import capture, is_live, read_captured, read_text
 
 
-class Mount(Record):
+@dataclass
+class Mount:
     mount_point: str
     fstype: str
     source: str
     options: str
 
 
-class TmpfsUsage(Record):
+@dataclass
+class TmpfsUsage:
     mount_point: str
     size_bytes: int | None     # the tmpfs limit (size=); None when unknown
     used_bytes: int | None     # None when unknown

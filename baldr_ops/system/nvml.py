@@ -13,19 +13,21 @@ from __future__ import annotations
 import json
 import os
 import re
-from baldr_ops.system._record import Record, factory
+from dataclasses import asdict, dataclass, field
 
 from baldr_ops.system._io import capture, is_live, read_captured
 
 UMA_NAME_RE = re.compile(r"GB10|Thor|Orin|Tegra|Jetson|Xavier", re.IGNORECASE)
 
 
-class GpuProcess(Record):
+@dataclass
+class GpuProcess:
     pid: int
     used_bytes: int | None      # None: NVML gave no figure (N/A)
 
 
-class NvmlDevice(Record):
+@dataclass
+class NvmlDevice:
     index: int
     name: str | None = None
     uuid: str | None = None
@@ -35,18 +37,20 @@ class NvmlDevice(Record):
     memory_free: int | None = None
     compute_capability: tuple[int, int] | None = None
     processes_status: str = "unknown"  # ok | not_supported | error: ...
-    processes: list[GpuProcess] = factory(list)
+    processes: list[GpuProcess] = field(default_factory=list)
 
 
-class NvmlInfo(Record):
+@dataclass
+class NvmlInfo:
     available: bool = False
     error: str | None = None
     driver_version: str | None = None
     cuda_driver_version: int | None = None
-    devices: list[NvmlDevice] = factory(list)
+    devices: list[NvmlDevice] = field(default_factory=list)
 
 
-class GpuSummary(Record):
+@dataclass
+class GpuSummary:
     """What launch needs for hardware detection. ``unified`` None means "cannot tell"."""
 
     present: bool
@@ -176,7 +180,7 @@ def read_nvml(root: str = "/") -> NvmlInfo:
     if not is_live(root):
         return nvml_from_json(read_captured(root, "nvml.json"))
     info = _query_live()
-    capture("nvml.json", json.dumps(info.to_dict(), indent=1))
+    capture("nvml.json", json.dumps(asdict(info), indent=1))
     return info
 
 

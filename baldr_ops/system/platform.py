@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-from baldr_ops.system._record import Record
+from dataclasses import asdict, dataclass
 
 from baldr_ops.system._io import capture, is_live, read_captured, read_text
 
 
-class PlatformInfo(Record):
+@dataclass
+class PlatformInfo:
     hostname: str | None = None
     kernel: str | None = None
     arch: str | None = None
@@ -85,7 +86,7 @@ def read_platform(root: str = "/") -> PlatformInfo:
         info.page_size = os.sysconf("SC_PAGE_SIZE")
         info.python = sys.version.split()[0]
         info.max_version = _max_version()
-        capture("platform.json", json.dumps({k: v for k, v in info.to_dict().items()
+        capture("platform.json", json.dumps({k: v for k, v in asdict(info).items()
                                              if k in ("page_size", "python", "max_version", "arch")}, indent=1))
     else:
         try:

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from baldr_ops.system._record import Record
+from dataclasses import dataclass
 
 from baldr_ops.system._io import exists, read_text
 
 
-class PsiLine(Record):
+@dataclass
+class PsiLine:
     avg10: float
     avg60: float
     avg300: float
     total_us: int
 
 
-class Psi(Record):
+@dataclass
+class Psi:
     """``some``/``full`` of one pressure file; ``available`` False (with ``error``) when absent."""
 
     some: PsiLine | None = None

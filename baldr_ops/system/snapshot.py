@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from baldr_ops.system._record import Record, factory
+from dataclasses import dataclass, field
 
 from baldr_ops.system import _io
 from baldr_ops.system.buddyinfo import BuddyInfo, read_buddyinfo
@@ -33,17 +33,19 @@ from baldr_ops.system.zram import CompressedSwap, read_compressed_swap
 BUNDLE_MAX_BYTES = 64 * 1024 * 1024
 
 
-class Rates(Record):
+@dataclass
+class Rates:
     """Per-second deltas between the two samples. ``None`` fields: not available."""
 
     interval_s: float
-    vmstat: dict[str, float] = factory(dict)        # counter -> per second
+    vmstat: dict[str, float] = field(default_factory=dict)        # counter -> per second
     psi_some_stall_pct: float | None = None                       # Δtotal / Δt, in percent
     psi_full_stall_pct: float | None = None
-    cgroup_events: dict[str, int] = factory(dict)   # memory.events deltas
+    cgroup_events: dict[str, int] = field(default_factory=dict)   # memory.events deltas
 
 
-class Snapshot(Record):
+@dataclass
+class Snapshot:
     root: str
     time: float
     meminfo: MemInfo
@@ -59,7 +61,7 @@ class Snapshot(Record):
     nvml: NvmlInfo
     platform: PlatformInfo
     rates: Rates | None = None      # None: single sample (interval 0)
-    meta: dict = factory(dict)
+    meta: dict = field(default_factory=dict)
 
 
 def _rates(interval: float, v1: dict | None, v2: dict | None, p1: Psi, p2: Psi,
@@ -146,7 +148,8 @@ def write_bundle(path: str, recorder: _io.Recorder, snap: Snapshot, extra: dict[
     """Write the files ``recorder`` saw while taking ``snap`` as a .tar.gz, atomically."""
     import io
     import tarfile
-    import tempfile
+
+    from baldr_ops.atomic import atomic_writer
 
     meta = {"tool": "baldr-ops", "time": snap.time, "cgroup": snap.cgroup.memory.path if snap.cgroup.memory else None,
             "interval_s": snap.rates.interval_s if snap.rates else 0, "format": 1}
@@ -154,22 +157,12 @@ def write_bundle(path: str, recorder: _io.Recorder, snap: Snapshot, extra: dict[
     for name, text in (extra or {}).items():
         files[f"{_io.CAPTURE_DIR}/{name}"] = text
     target = os.path.abspath(path)
-    directory = os.path.dirname(target) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".baldr-snapshot-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
-            for name in sorted(files):
-                data = files[name].encode("utf-8")
-                info = tarfile.TarInfo(name)
-                info.size, info.mtime, info.mode = len(data), int(snap.time), 0o644
-                tar.addfile(info, io.BytesIO(data))
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_writer(target, text=False) as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
+        for name in sorted(files):
+            data = files[name].encode("utf-8")
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), int(snap.time), 0o644
+            tar.addfile(info, io.BytesIO(data))
     return target
 
 
@@ -201,14 +194,20 @@ def extract_bundle(path: str, into: str) -> str:
             if total > BUNDLE_MAX_BYTES:
                 raise ValueError(f"{path} is larger than {BUNDLE_MAX_BYTES >> 20} MiB unpacked")
             dest = os.path.join(into, name)
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            try:
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
+            except (FileExistsError, NotADirectoryError):
+                raise ValueError(f"{path} has a file where {name!r} needs a directory") from None
             try:
                 src = tar.extractfile(m)
                 data = src.read() if src else b""
             except (OSError, tarfile.TarError, EOFError) as exc:
                 raise ValueError(f"{path} is truncated or corrupt ({exc})") from None
-            with open(dest, "wb") as fh:
-                fh.write(data)
+            try:
+                with open(dest, "wb") as fh:
+                    fh.write(data)
+            except IsADirectoryError:
+                raise ValueError(f"{path} has {name!r} both as a file and as a directory") from None
     if not os.path.exists(os.path.join(into, _io.CAPTURE_DIR, "meta.json")):
         raise ValueError(f"{path} is not a baldr-ops snapshot (no {_io.CAPTURE_DIR}/meta.json)")
     return into

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from baldr_ops.system._record import Record, factory
+from dataclasses import dataclass, field
 
 from baldr_ops.system._io import listdir, read_text, to_int
 
@@ -10,13 +10,15 @@ MM_STAT = ("orig_data_size", "compr_data_size", "mem_used_total", "mem_limit", "
            "same_pages", "pages_compacted", "huge_pages", "huge_pages_since")
 
 
-class ZramDevice(Record):
+@dataclass
+class ZramDevice:
     name: str
     disksize: int | None = None
-    mm_stat: dict[str, int] = factory(dict)
+    mm_stat: dict[str, int] = field(default_factory=dict)
 
 
-class SwapArea(Record):
+@dataclass
+class SwapArea:
     filename: str
     kind: str
     size_bytes: int
@@ -24,9 +26,10 @@ class SwapArea(Record):
     priority: int
 
 
-class CompressedSwap(Record):
-    zram: list[ZramDevice] = factory(list)
-    zswap: dict[str, str] = factory(dict)   # enabled, compressor, max_pool_percent, ...
+@dataclass
+class CompressedSwap:
+    zram: list[ZramDevice] = field(default_factory=list)
+    zswap: dict[str, str] = field(default_factory=dict)   # enabled, compressor, max_pool_percent, ...
     swaps: list[SwapArea] | None = None                   # None: /proc/swaps not readable
 
 

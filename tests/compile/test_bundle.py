@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from baldr_ops.compile import bundle as b
+from baldr_ops.engines.max import bundle as b
 from baldr_ops.engines.max.command import EngineOptions
 from baldr_ops.engines.max.quirks import quirks_for
 from baldr_ops.errors import UserError

@@ -7,7 +7,6 @@ the CLI with their reason.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -22,18 +21,6 @@ import pytest
 pytestmark = [pytest.mark.max]
 
 QUESTION = "What is the capital of France?"
-
-
-def _planner_ready() -> bool:
-    """launch's preflight needs doctor's readers; skip (not fail) while they are not in the tree."""
-    names = ("baldr_ops.system.nvml", "baldr_ops.doctor.checks", "baldr_ops.models.footprint", "baldr_ops.shim")
-    try:
-        return all(importlib.util.find_spec(n) is not None for n in names)
-    except ModuleNotFoundError:
-        return False
-
-
-needs_planner = pytest.mark.skipif(not _planner_ready(), reason="needs launch preflight's readers (doctor, shim)")
 
 
 def free_port() -> int:
@@ -54,10 +41,10 @@ def env(tmp_path):
 
 @pytest.fixture(scope="module")
 def demo_bundle(demo_model, tmp_path_factory):
-    if not _planner_ready():
-        pytest.skip("needs launch preflight's readers (doctor, shim)")
     out = tmp_path_factory.mktemp("bundle") / "smollm2"
-    proc = cli("compile", "--export", str(out), "--json", env={**os.environ, "PYTHONUNBUFFERED": "1"}, timeout=1200)
+    state = tmp_path_factory.mktemp("state")
+    proc = cli("compile", "--export", str(out), "--json", "--memguard", "dry-run", "--load-floor", "512M",
+               env={**os.environ, "PYTHONUNBUFFERED": "1", "BALDR_STATE_DIR": str(state)}, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out, json.loads(proc.stdout), proc.stderr
 
@@ -68,6 +55,9 @@ def test_compile_exports_a_verified_bundle(demo_bundle, env):
     assert report["action"] == "compiled" and report["bundle_payload"] == "mefs" and report["bundle_files"] >= 3
     assert report["cache_warm"] is True, report         # this machine's cache now holds the graphs
     assert "compiling" in stderr                        # live phases, as launch shows them
+    # The load guard watched the compile (dry-run here: it would only log) and its box is complete.
+    assert report["memguard"]["mode"] == "dry-run" and report["memguard"]["phase"] == "loading"
+    assert report["memguard"]["mem_available"] > 0
     manifest = json.loads((bundle / "baldr-bundle.json").read_text())
     assert manifest["max_version"] == report["max_version"] and manifest["device"]["kind"] == "cpu"
     assert any(name.endswith(".mef") for name in manifest["files"])
@@ -103,9 +93,8 @@ def test_launch_from_empty_cache_with_bundle_skips_the_compile(demo_bundle, env,
     assert report["compile_times"] and max(report["compile_times"].values()) < 5.0, report
 
 
-@needs_planner
 def test_mismatched_bundle_says_which_field_and_corrupt_one_is_refused(demo_model, env, tmp_path):
-    from baldr_ops.compile import bundle as b
+    from baldr_ops.engines.max import bundle as b
     from baldr_ops.engines.max.command import EngineOptions
     from baldr_ops.engines.max.quirks import installed_version
 

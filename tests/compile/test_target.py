@@ -8,7 +8,7 @@ import pytest
 
 from baldr_ops.compile.service import _for_target, parse_target
 from baldr_ops.errors import UserError
-from baldr_ops.launch.preflight import LaunchRequest
+from baldr_ops.plan.model import LaunchRequest
 
 
 @pytest.mark.parametrize("target, arch, capability", [

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from baldr_ops.compile import warmth
+from baldr_ops.engines.max import warmth
 from baldr_ops.engines.max.command import EngineOptions
 
 VERSION = "26.7.0"

@@ -142,9 +142,12 @@ def test_live_snapshot_replays_the_same(tmp_path):
 
 
 def test_real_proc():
-    """This machine, whatever it is: every check runs, nothing crashes, core signals are read."""
+    """This machine, whatever it is: every check runs, nothing crashes, core signals are read, and
+    the exit code is the one the worst verdict gives (docs/doctor.md's table, written out here)."""
     rc, doc = cli_json("--interval", "0.2")
-    assert rc in (0, 1, 2, 3)
+    statuses = [c["status"] for c in doc["checks"]]
+    expected = 2 if "CRIT" in statuses else 1 if "WARN" in statuses else 3 if "UNKNOWN" in statuses else 0
+    assert rc == expected == doc["exit_code"]
     by = {c["id"]: c for c in doc["checks"]}
     assert by["mem.available"]["status"] != "UNKNOWN"
     assert isinstance(by["mem.available"]["value"], float)
@@ -215,3 +218,21 @@ def test_doctor_json_imports_nothing_heavy(names):
     if names != HEAVY and os.path.exists("/proc/driver/nvidia"):
         loaded = [m for m in loaded if m != "pynvml"]   # NVML is queried when a driver is present
     assert loaded == []
+
+
+def test_replay_of_an_archive_with_a_file_where_a_directory_goes(tmp_path):
+    import io
+    import tarfile
+
+    bundle = tmp_path / "odd.tar.gz"
+    with tarfile.open(bundle, "w:gz") as tar:
+        for name in ("proc", "proc/meminfo"):
+            data = b"MemTotal: 1 kB\n"
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    proc = cli("--replay", str(bundle))
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr
+    assert "has a file where 'proc/meminfo' needs a directory" in proc.stderr
+    proc = cli("--replay", str(tmp_path))
+    assert proc.returncode == 3 and "is a directory" in proc.stderr and "internal error" not in proc.stderr

@@ -10,9 +10,7 @@ import pytest
 
 from baldr_ops.errors import UserError
 from baldr_ops.models.footprint import (
-    DEFAULT_CONTEXT_CAP,
     GGML_TYPES,
-    RUNTIME_OVERHEAD,
     estimate_footprint,
     read_gguf_header,
     read_safetensors_header,
@@ -55,10 +53,14 @@ def test_safetensors_by_hand(tmp_path):
     assert fp.weights_bytes == weights
     assert fp.parameters == 1000 * 256 + 256 * 512 + 256
     assert fp.dtypes == ["BF16", "F32"]
-    assert fp.kv_bytes_per_token == 2 * 4 * 2 * (256 // 8) * 2
-    assert fp.context_length == DEFAULT_CONTEXT_CAP
-    assert fp.kv_cache_bytes == fp.kv_bytes_per_token * DEFAULT_CONTEXT_CAP
-    assert fp.overhead_bytes > RUNTIME_OVERHEAD
+    # K and V x 4 layers x 2 KV heads x head_dim 32 x 2 bytes (bf16), per token.
+    assert fp.kv_bytes_per_token == 2 * 4 * 2 * (256 // 8) * 2 == 1024
+    # The model says 32768 tokens; the documented default caps the estimate at 8192 (docs/doctor.md).
+    assert fp.context_length == 8192
+    assert fp.kv_cache_bytes == 1024 * 8192
+    # Overhead, as docs/doctor.md states it: 1 GiB of runtime plus the activations of one 8192-token
+    # prefill chunk, 8192 x (4 x 256 + 2 x 512) x 4 bytes, plus the logits, 1000 x 4 x 8 bytes.
+    assert fp.overhead_bytes == (1 << 30) + 8192 * (4 * 256 + 2 * 512) * 4 + 1000 * 4 * 8
     assert fp.total_bytes == fp.weights_bytes + fp.kv_cache_bytes + fp.overhead_bytes
     assert any("32768" in a for a in fp.assumptions)
     assert "GiB" in fp.summary()

@@ -12,7 +12,9 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import psutil
 import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.max]
@@ -28,7 +30,8 @@ def free_port() -> int:
 
 @pytest.fixture
 def run_env(tmp_path):
-    return {**os.environ, "BALDR_RUN_DIR": str(tmp_path / "runs"), "PYTHONUNBUFFERED": "1"}
+    return {**os.environ, "BALDR_RUN_DIR": str(tmp_path / "runs"), "BALDR_STATE_DIR": str(tmp_path / "state"),
+            "PYTHONUNBUFFERED": "1"}
 
 
 def cli(*args, env, timeout=900, check=True):
@@ -42,15 +45,12 @@ def cli(*args, env, timeout=900, check=True):
 def session_members(sid: int) -> list[int]:
     """Live processes of a session; zombies waiting for init to reap them do not count."""
     members = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    zombie = fh.read().rsplit(")", 1)[1].split()[0] == "Z"
-                if os.getsid(int(entry)) == sid and not zombie:
-                    members.append(int(entry))
-            except OSError:
-                pass
+    for proc in psutil.process_iter(["status"]):
+        try:
+            if os.getsid(proc.pid) == sid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                members.append(proc.pid)
+        except OSError:
+            pass
     return members
 
 
@@ -59,15 +59,28 @@ def status(port, env) -> dict:
 
 
 def test_ask_answers_and_leaves_nothing_running(demo_model, run_env):
+    from baldr_ops.memguard.blackbox import read_box
+
     port = free_port()
-    proc = cli("launch", "--port", str(port), "--ask", QUESTION, "--json", env=run_env)
+    # The memory guard on, for real (floors low enough for any CI machine): it samples the whole
+    # load and serve and must not act on a healthy start.
+    proc = cli("launch", "--port", str(port), "--ask", QUESTION, "--json", "--memguard", "on",
+               "--load-floor", "512M", "--serve-floor", "512M", env=run_env)
     answer = json.loads(proc.stdout)
     assert answer["schema_version"] and answer["question"] == QUESTION
     assert "paris" in answer["answer"].lower(), answer
     assert "] ready " in proc.stderr and "preflight" in proc.stderr
+    assert "memory guard: on (--memguard on)" in proc.stderr
     final = status(port, run_env)
     assert final["state"] == "stopped" and not final["alive"]
     assert session_members(final["server_pid"]) == []
+    guard = final["memguard"]
+    assert guard["actions"] == {} and guard["unknown"] in ([], ["kernel_log"])
+    box = read_box(guard["blackbox"])
+    assert box.clean and box.ended["state"] == "stopped"
+    phases = {r["phase"] for r in box.records if r["kind"] == "sample"}
+    assert {"loading", "serving"} <= phases
+    assert not any(r["kind"] == "action" for r in box.records)
 
 
 def test_detached_serving_guard_restart_and_stop(demo_model, run_env):
@@ -122,3 +135,26 @@ def test_detached_serving_guard_restart_and_stop(demo_model, run_env):
     assert final["state"] == "stopped" and not final["alive"]
     assert session_members(final["server_pid"]) == []
     assert session_members(final["supervisor_pid"]) == []
+
+
+def test_canary_reads_the_answer_at_ready_and_while_serving(demo_model, run_env):
+    # A wrong expectation: readiness fails with the answer shown, exit 2, one start (no crash loop).
+    port = free_port()
+    wrong = cli("launch", "--port", str(port), "--canary-expect", "Berlin", "--memguard", "off", env=run_env,
+                check=False)
+    assert wrong.returncode == 2, wrong.stderr[-3000:]
+    assert "does not match the expectation /Berlin/" in wrong.stderr and "Paris" in wrong.stderr
+    log = (Path(run_env["BALDR_RUN_DIR"]) / f"port-{port}" / "server.log").read_text()
+    assert log.count("===== baldr-ops: starting") == 1
+    # The demo's own expectation (Paris), asked again every 5 s for 30 s: the same greedy answer each time.
+    port = free_port()
+    cli("launch", "--port", str(port), "--detach", "--canary-every", "5s", "--memguard", "off", env=run_env)
+    try:
+        time.sleep(30)
+        st = status(port, run_env)
+        assert st["state"] == "ready", st
+        canary = st["canary"]
+        assert canary["expect"] == ["Paris"] and "Paris" in canary["ready_answers"][0]
+        assert canary["checks"] >= 4 and canary["failures"] == 0, canary
+    finally:
+        cli("stop", "--port", str(port), env=run_env, check=False)

@@ -106,3 +106,62 @@ def test_status_and_stop_without_runs(capsys):
     assert run_cli(capsys, "status")[1].out.strip() == "no launches"
     code, out = run_cli(capsys, "stop", "--port", "18767")
     assert code == 1 and "nothing is running on port 18767" in out.err
+
+
+HOLDER = """
+import signal, sys, time
+from pathlib import Path
+from baldr_ops.launch.runstate import RunDir, RunStatus
+rundir = RunDir(int(sys.argv[1]), Path(sys.argv[2]))
+rundir.acquire()
+rundir.write(RunStatus(port=rundir.port, host="127.0.0.1", url="u", model="m", served_name="n",
+                       supervisor_pid=__import__("os").getpid(), state="ready"))
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def _hold(tmp_path, port):
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(port), str(tmp_path / "runs")],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_stop_without_port_stops_the_only_running_launch(capsys, tmp_path):
+    holder = _hold(tmp_path, 18771)
+    try:
+        code, out = run_cli(capsys, "stop")
+        assert code == 0 and "port 18771" in out.out
+        assert holder.wait(timeout=10) == 0
+    finally:
+        holder.kill()
+
+
+def test_stop_without_port_among_several_asks_which(capsys, tmp_path):
+    holders = [_hold(tmp_path, 18772), _hold(tmp_path, 18773)]
+    try:
+        code, out = run_cli(capsys, "stop")
+        assert code == 2 and "2 launches are running (ports 18772, 18773)" in out.err and "--port" in out.err
+        assert all(h.poll() is None for h in holders)  # nothing was stopped
+    finally:
+        for h in holders:
+            h.kill()
+            h.wait()
+
+
+def test_the_memory_plan_sizes_the_kv_cache_for_the_max_length_served(tmp_path):
+    from baldr_ops.plan.model import LaunchRequest
+    from baldr_ops.plan.planner import plan_launch
+
+    model = write_tiny_model(tmp_path / "m")
+    notes = {}
+    for length in (None, 8):
+        _, out = plan_launch(LaunchRequest(model=model, max_length=length, memguard="off"), check_ports=False)
+        notes[length] = next(n for n in out if n.startswith("model "))
+    # The tiny model's context is 16 tokens (max_position_embeddings): the default plans for it, 8 when asked.
+    assert "@ 16 tokens" in notes[None] and "@ 8 tokens" in notes[8]

@@ -13,7 +13,7 @@ from baldr_ops.engines.max.logphases import PhaseState
 from baldr_ops.engines.max.quirks import quirks_for
 from baldr_ops.errors import UserError
 from baldr_ops.launch.exits import ExitEvidence, classify_exit
-from baldr_ops.launch.guard import decide_guard
+from baldr_ops.plan.guard import decide_guard
 from baldr_ops.launch.sdnotify import Notifier, unit_file
 from baldr_ops.launch.supervisor import backoff_delay
 
@@ -153,3 +153,52 @@ def test_sd_notify_never_blocks_on_a_listener_that_does_not_read(tmp_path):
         notifier = Notifier({"NOTIFY_SOCKET": address})
         results = [notifier.send("WATCHDOG=1") for _ in range(500)]  # the queue holds far fewer
         assert results[0] is True and results[-1] is False
+
+
+def _verdict(kind, restart=False):
+    from baldr_ops.launch.exits import ExitVerdict
+
+    return ExitVerdict(kind=kind, summary=kind, restart=restart)
+
+
+def test_restart_policy():
+    from baldr_ops.launch.supervisor import decide_restart
+    from baldr_ops.plan.model import Supervision
+
+    policy = Supervision(max_restarts=2, backoff_initial_s=5, backoff_max_s=8, healthy_reset_s=600)
+    crash = _verdict("crash", restart=True)
+    first = decide_restart(crash, 0, 3, policy)
+    assert (first.restart, first.attempt, first.delay_s) == (True, 1, 5)
+    second = decide_restart(crash, 1, 3, policy)
+    assert (second.restart, second.attempt, second.delay_s) == (True, 2, 8)  # 10 capped at 8
+    third = decide_restart(crash, 2, 3, policy)
+    assert not third.restart and "giving up after 2" in third.reason
+    # Ten healthy minutes reset the count.
+    assert decide_restart(crash, 2, 601, policy).attempt == 1
+    # Configuration errors and clean exits never restart, with nothing to add to the verdict.
+    for kind in ("config-error", "clean", "stopped"):
+        decision = decide_restart(_verdict(kind), 0, 3, policy)
+        assert not decision.restart and decision.reason is None
+    # A memory death restarts only once memory is back.
+    oom = _verdict("kernel-oom")
+    blocked = decide_restart(oom, 0, 3, policy, memory_blocker="needs 60 GiB, 20 GiB available")
+    assert not blocked.restart and "out-of-memory condition: needs 60 GiB" in blocked.reason
+    assert decide_restart(oom, 0, 3, policy, memory_blocker=None).restart
+
+
+def test_a_max_installed_under_a_comma_is_refused_in_one_line(tmp_path):
+    from baldr_ops.engines.max.quirks import check_install_path
+    from baldr_ops.errors import UserError
+
+    check_install_path(str(tmp_path / "venv" / "lib" / "max"))  # an ordinary path passes
+    check_install_path(None)
+    with pytest.raises(UserError, match="contains a comma") as exc:
+        check_install_path("/home/a,b/.venv/lib/python3.11/site-packages/max")
+    assert "\n" not in exc.value.message and "without commas" in exc.value.hint
+
+
+def test_unit_file_asks_the_canary_every_10_minutes_unless_told():
+    assert "--canary-every 10m" in unit_file(["--model", "/m"])
+    assert "--canary-every 1h" in unit_file(["--model", "/m", "--canary-every", "1h"])
+    assert "--canary-every 10m" not in unit_file(["--model", "/m", "--canary-every", "1h"])
+    assert "--canary-every" not in unit_file(["--no-canary"])

@@ -127,3 +127,30 @@ def test_a_failed_add_leaves_no_file_behind(tmp_path, capsys, demo_model, monkey
         code, _, err = _run(capsys, "memory", "add", *common, *argv)
         assert code == 2 and message in err, err
         assert snapshot() == before
+
+
+@pytest.mark.parametrize("data, via_stdin, message", [
+    (b"caf\xe9 au lait\n", False, "is not UTF-8 text (byte 3"),
+    (b"caf\xe9 au lait\n", True, "standard input is not UTF-8 text (byte 3"),
+    (b"\x7fELF\x02\x01\x01\x00\x00", True, "standard input is not text (it holds NUL bytes)"),
+])
+def test_add_refuses_text_that_is_not_utf8_before_loading_anything(capsys, tmp_path, monkeypatch, data, via_stdin,
+                                                                   message):
+    import io
+    import sys
+
+    import baldr_ops.cli.memory as memory_cli
+
+    def no_model(_args):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(memory_cli, "load_model_from_args", no_model)
+    source = tmp_path / "texts.txt"
+    source.write_bytes(data)
+    if via_stdin:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+    code, _, err = _run(capsys, "memory", "add", "--store", str(tmp_path / "store"),
+                        "--file", "-" if via_stdin else str(source))
+    lines = err.strip().splitlines()
+    assert code == 2 and message in lines[0] and len(lines) <= 2, err
+    assert not (tmp_path / "store").exists()

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.research
 
 
 def test_generated_key_is_private_and_never_overwritten(tmp_path):
-    path = tmp_path / "k" / "memory.key"
+    path = tmp_path / "memory.key"
     key = keys.generate_key(path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert keys.read_key_file(path).secret == key.secret
@@ -40,7 +40,7 @@ def test_key_sources_in_order(tmp_path):
     assert keys.load_key(env=env).secret == bytes.fromhex("ab" * 32)
     assert keys.load_key(tmp_path / "a.key", env=env).secret == file_key.secret  # explicit file wins
     assert keys.load_key(env={keys.KEY_FILE_ENV: str(tmp_path / "a.key")}).secret == file_key.secret
-    default = keys.generate_key(tmp_path / "cfg" / "baldr-ops" / "memory.key")
+    default = keys.generate_key(tmp_path / "cfg" / "baldr-ops" / "memory.key", create_parent=True)
     assert keys.load_key(env={"XDG_CONFIG_HOME": str(tmp_path / "cfg")}).secret == default.secret
 
 
@@ -57,6 +57,7 @@ def test_missing_key_names_keygen(tmp_path):
 
 
 def test_key_inside_the_store_is_refused(tmp_path):
+    (tmp_path / "store").mkdir(exist_ok=True)
     keys.generate_key(tmp_path / "store" / "memory.key")
     with pytest.raises(UserError, match="inside the store"):
         keys.load_key(tmp_path / "store" / "memory.key", env={}, store_dir=tmp_path / "store")
@@ -76,3 +77,11 @@ def test_non_ascii_or_non_string_signatures_are_invalid_not_errors(signature):
     key = keys.ephemeral_key()
     assert key.verify(b"message", signature) is False
     assert key.verify(b"message", key.sign(b"message")) is True
+
+
+def test_a_key_file_in_a_missing_directory_is_refused_not_created(tmp_path):
+    from baldr_ops.errors import UserError
+
+    with pytest.raises(UserError, match="does not exist"):
+        keys.generate_key(tmp_path / "missing" / "dir" / "k")
+    assert not (tmp_path / "missing").exists()

@@ -244,3 +244,18 @@ def test_two_processes_adding_at_once_both_get_usable_records(store_copy, demo_m
         (reference,) = [line for line in (directory / layer_file(layer)).read_text().splitlines()
                         if '"kind":"reference"' in line]
         assert json.loads(reference)["id"] == state.reference_id
+
+
+def test_a_flipped_bit_in_the_reference_line_says_the_log_is_damaged(store_copy, smollm2):
+    from baldr_ops.memory.store import layer_file
+
+    path = store_copy.directory / layer_file(13)
+    lines = path.read_bytes().split(b"\n")
+    first = next(i for i, line in enumerate(lines) if b'"reference"' in line)
+    flip_at = lines[first].index(b'"centre"') + 12          # inside the signed reference body
+    lines[first] = lines[first][:flip_at] + bytes([lines[first][flip_at] ^ 0x01]) + lines[first][flip_at + 1:]
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(UserError) as exc:
+        MemoryRuntime.load(store_copy, smollm2, [LayerSettings(layer=13)])
+    assert "the log of layer 13 is damaged" in exc.value.message and "no memories" not in exc.value.message
+    assert "restore layer-013.jsonl from a backup" in exc.value.hint

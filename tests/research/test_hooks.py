@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from baldr_ops.errors import UserError
 from baldr_ops.research import hooks
 from baldr_ops.research.models import wrap_model
 
@@ -116,7 +117,7 @@ def test_hooks_are_removed_on_exceptions_and_logits_are_bit_identical(tiny_lm):
     with pytest.raises(RuntimeError, match="hook"):
         with hooks.edit_residual(tiny_lm, {0: boom}):
             tiny_lm.model(input_ids=ids)
-    with pytest.raises(Exception, match="out of range"):  # a bad layer after a good one
+    with pytest.raises(UserError, match="out of range"):  # a bad layer after a good one
         with hooks.edit_residual(tiny_lm, {0: lambda h, c: None, 9: lambda h, c: None}):
             pass
     assert _no_hooks_left(tiny_lm)

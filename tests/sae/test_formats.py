@@ -346,3 +346,70 @@ def test_eleuther_sparsify_agrees(tmp_path):
         dense = torch.zeros(64, ours.d_sae).scatter(-1, out.top_indices, out.top_acts)
         assert (dense - ours.encode(x)).abs().max().item() < TOL
         assert (theirs.decode(out.top_acts, out.top_indices) - ours.decode(dense)).abs().max().item() < TOL
+
+
+def test_a_config_without_its_weights_names_the_missing_file(tmp_path):
+    import json
+
+    from baldr_ops.errors import UserError
+    from baldr_ops.sae.formats import load_sae
+
+    cases = {"saelens": ({"d_sae": 64, "d_in": 16, "architecture": "standard"}, "sae_weights.safetensors (SAELens)"),
+             "sparsify": ({"d_in": 16, "num_latents": 64, "k": 8}, "sae.safetensors (sparsify)"),
+             "unknown": ({"note": "?"}, "sae_weights.safetensors (SAELens) or sae.safetensors (sparsify)")}
+    for name, (cfg, expected) in cases.items():
+        d = tmp_path / name
+        d.mkdir()
+        (d / "cfg.json").write_text(json.dumps(cfg))
+        with pytest.raises(UserError) as exc:
+            load_sae(d)
+        assert exc.value.message.endswith(f"the weights are not: expected {expected}")
+        assert "unknown SAE format" not in exc.value.message
+
+
+def test_weight_files_are_closed_after_loading(tmp_path):
+    import gc
+    import os
+
+    torch = pytest.importorskip("torch")
+    from baldr_ops.sae.formats import load_sae, save_saelens
+    from baldr_ops.sae.model import SAEConfig, SparseAutoencoder
+
+    def descriptors() -> list[str]:
+        out = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue
+            if str(tmp_path) in target:
+                out.append(target)
+        return out
+
+    def mappings() -> list[str]:
+        with open("/proc/self/maps") as fh:
+            return [line for line in fh if str(tmp_path) in line]
+
+    sae = SparseAutoencoder(SAEConfig(d_in=8, d_sae=16, architecture="relu"), W_enc=torch.randn(8, 16),
+                            b_enc=torch.zeros(16), W_dec=torch.randn(16, 8), b_dec=torch.zeros(8))
+    out = tmp_path / "sae"
+    save_saelens(sae, out)
+    loaded = load_sae(out)
+    assert loaded.d_sae == 16
+    assert descriptors() == []          # the file itself is closed once loaded
+    # safetensors maps the tensors without copying them: the mapping lives as long as the SAE.
+    del loaded
+    gc.collect()
+    assert mappings() == []
+    # Closing is explicit, not left to the garbage collector: a reader still referenced lets go of
+    # its file when closed (a per-layer directory evicts one and opens the next).
+    from baldr_ops.sae.formats import NpzFile, TensorFile
+
+    import numpy as np
+
+    np.savez(tmp_path / "params.npz", W_enc=np.zeros((8, 16), np.float32))
+    for open_reader in (lambda: TensorFile(out / "sae_weights.safetensors"), lambda: NpzFile(tmp_path / "params.npz")):
+        reader = open_reader()
+        with reader:
+            assert descriptors() or mappings()
+        assert descriptors() == [] and reader is not None

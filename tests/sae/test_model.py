@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from baldr_ops.errors import UserError
+from baldr_ops.sae.errors import SAEError
 from baldr_ops.sae.formats import load_sae, save_saelens
 from baldr_ops.sae.model import SAEConfig, SparseAutoencoder
 
@@ -77,15 +78,29 @@ def test_saelens_round_trip_is_bit_exact(tmp_path, architecture):
 
 
 def test_bad_inputs_are_clear(tmp_path):
-    with pytest.raises(UserError, match="needs 0 < k"):
+    # The maths says what is wrong in the library's own error (a ValueError), not the CLI's.
+    with pytest.raises(SAEError, match="needs 0 < k"):
         random_sae("topk", k=0)
     sae = random_sae("relu")
-    with pytest.raises(UserError, match="d_model 7 but the SAE expects d_in 16"):
+    with pytest.raises(SAEError, match="d_model 7 but the SAE expects d_in 16") as exc:
         sae.encode(torch.zeros(2, 7))
-    with pytest.raises(UserError, match="encoder-only"):
+    assert isinstance(exc.value, ValueError) and not isinstance(exc.value, UserError)
+    with pytest.raises(SAEError, match="encoder-only"):
         sae.encoder_only().decode(torch.zeros(1, D_SAE))
     save_saelens(sae, tmp_path / "s")
     with pytest.raises(UserError, match="model's d_model is 576"):
         load_sae(tmp_path / "s", expect_d_in=576)
     with pytest.raises(UserError, match="unknown SAE format"):
         load_sae(tmp_path)
+
+
+def test_the_command_line_says_a_library_error_in_one_line():
+    from baldr_ops.cli.sae import _one_line_errors
+
+    def run(_args):
+        raise SAEError("activations have d_model 7 but the SAE expects d_in 16", hint="use the SAE's model")
+
+    with pytest.raises(UserError) as exc:
+        _one_line_errors(run)(None)
+    assert (exc.value.message, exc.value.hint) == ("activations have d_model 7 but the SAE expects d_in 16",
+                                                   "use the SAE's model")

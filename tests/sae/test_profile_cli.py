@@ -75,9 +75,8 @@ def test_table_summary_and_plot(capsys, demo_model, tmp_path):
     assert "100%" in rows["29"] and "0.00 [0.00,0.00]" in rows["29"]  # the lens is the output at the last layer
     assert "logit-lens KL(final || lens) peaks at layer 12" in out
     assert "integration depth:" in out
-    from baldr_ops.sae.profile_plot import PANEL_HEIGHT_IN, PANEL_WIDTH_IN, DPI
-
-    assert _png_size(plot) == (int(PANEL_WIDTH_IN * DPI), int(round(5 * PANEL_HEIGHT_IN * DPI)))
+    # docs/sae.md: 800 pixels wide, 190 per metric panel; five panels without SipIt.
+    assert _png_size(plot) == (800, 5 * 190)
 
 
 @pytest.mark.slow

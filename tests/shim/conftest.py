@@ -125,7 +125,7 @@ def kit(tmp_path_factory) -> Kit:
     compile_c([*common, "-DLINK", "-o", str(d / "drv_link"), str(FAKES / "drv.c"), f"-L{d}", "-lcuda",
                "-lnvidia-ml", f"-Wl,-rpath,{d}", "-pthread", "-ldl"])
     write_meminfo(d / "meminfo.default")
-    k = Kit(dir=d, shim=shim.library_path(build=True))
+    k = Kit(dir=d, shim=shim.library_path())
     yield k
     for name in k.budgets:  # the ledgers of this session's budgets
         for path in Path("/dev/shm").glob(f"baldr-memcap.*.{os.geteuid()}.{name}"):

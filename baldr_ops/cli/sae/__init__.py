@@ -26,11 +26,22 @@ def register(subparsers) -> None:
                               description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="sae_command", metavar="SUBCOMMAND")
     for name in SUBCOMMANDS:
-        try:
-            module = importlib.import_module(f"baldr_ops.cli.sae.{name}")
-        except ModuleNotFoundError as exc:  # a sub-command not written yet
-            if exc.name != f"baldr_ops.cli.sae.{name}":
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(f"baldr_ops.cli.sae.{name}").register(sub)
+    for parser in sub.choices.values():
+        parser.set_defaults(func=_one_line_errors(parser.get_default("func")))
     p.set_defaults(func=lambda args: (p.print_help(), 0)[1])
+
+
+def _one_line_errors(run):
+    """The library says what is wrong in its own error type; the command line says it in one line."""
+
+    def wrapped(args):
+        from baldr_ops.errors import UserError
+        from baldr_ops.sae.errors import SAEError
+
+        try:
+            return run(args)
+        except SAEError as exc:
+            raise UserError(exc.message, hint=exc.hint) from None
+
+    return wrapped

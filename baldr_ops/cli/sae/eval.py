@@ -29,7 +29,7 @@ examples:
 
 
 def register(subparsers) -> None:
-    from baldr_ops.sae.corpus import BUILTIN_NAME, DEFAULT_MASSIVE_FACTOR
+    from baldr_ops.sae.defaults import BUILTIN_NAME, DEFAULT_MASSIVE_FACTOR
 
     p = subparsers.add_parser("eval", help="SAE quality: L0, explained variance, cosine, CE recovered, KL",
                               description=DESCRIPTION, epilog=EPILOG,

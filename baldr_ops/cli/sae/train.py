@@ -36,7 +36,7 @@ DEFAULTS = {"expansion": 8, "k": 32, "steps": 1000, "batch_size": 1024, "seq_len
 
 
 def register(subparsers) -> None:
-    from baldr_ops.sae.corpus import BUILTIN_NAME, DEFAULT_MASSIVE_FACTOR
+    from baldr_ops.sae.defaults import BUILTIN_NAME, DEFAULT_MASSIVE_FACTOR
 
     d = DEFAULTS
     p = subparsers.add_parser("train", help="train a TopK SAE on one layer from a text file (SAELens output)",

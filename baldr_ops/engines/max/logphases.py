@@ -32,6 +32,9 @@ _ERROR_HINTS = (
     (re.compile(r"is not supported on this device|Cannot cast from"), "encoding"),
     (re.compile(r"HFValidationError|Model path does not exist|not found while HF_HUB_OFFLINE"), "model-path"),
     (re.compile(r"address already in use|validate_port_is_free|Port \d+ is (already )?in use", re.I), "port"),
+    (re.compile(r"Architecture '[^']*' not found in registry|No architecture found for"), "architecture"),
+    (re.compile(r"exceeds the model's max_position_embeddings"), "max-length"),
+    (re.compile(r"^Error: (No such option|Invalid value|Missing option|Got unexpected extra argument)"), "usage"),
 )
 
 
@@ -55,7 +58,7 @@ class PhaseState:
         match = _LINE.match(line.strip())
         message = match.group("msg").strip() if match else line.strip()
         level = match.group("level") if match else ""
-        if level in ("ERROR", "CRITICAL") or message.startswith(("Traceback", "RuntimeError", "ValueError")):
+        if level in ("ERROR", "CRITICAL") or message.startswith(("Traceback", "RuntimeError", "ValueError", "Error:")):
             self.errors = (self.errors + [message])[-20:]
         for pattern, kind in _ERROR_HINTS:
             if pattern.search(line) and kind not in self.error_kinds:

@@ -5,6 +5,7 @@ The installed version is read from package metadata, never by importing MAX (tha
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from importlib import metadata
 
@@ -62,4 +63,20 @@ def require_max() -> MaxQuirks:
     if _release(version) < (26, 4):
         raise UserError(f"MAX {version} is older than supported ({SUPPORTED})",
                         hint="pip install 'modular==26.7.*'")
+    check_install_path(max_package_dir())
     return quirks_for(version)
+
+
+def max_package_dir() -> str | None:
+    """Where the `max` package lies, found without importing it."""
+    spec = importlib.util.find_spec("max")
+    return next(iter(spec.submodule_search_locations), None) if spec and spec.submodule_search_locations else None
+
+
+def check_install_path(path: str | None) -> None:
+    """MAX's Mojo runtime takes its import path as a comma-separated list, so an installation whose
+    path has a comma fails only once the model graph is built, tens of seconds in ("unable to locate
+    module 'std'"; 26.7 through a symlinked venv here: "failed to import kernels from ''")."""
+    if path and "," in path:
+        raise UserError(f"MAX cannot start from {path}: the path contains a comma, which MAX's Mojo "
+                        "import path cannot hold", hint="recreate the virtual environment under a path without commas")
