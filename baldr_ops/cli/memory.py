@@ -14,8 +14,9 @@ from baldr_ops.errors import UserError
 
 DESCRIPTION = """\
 Recall stored activation patterns (not text) at deep layers of a transformers causal LM and nudge
-generation toward them: relevance r = cos(pooled state, key), weight = min(cap, strength * relu(r -
-threshold)), nudge = sum of weight * value, clipped per token to clip * ||h||.
+generation toward them: relevance r = cosine of the pooled state and a key (at the store's key layer,
+whitened), weight = min(cap, strength * relu(r - the record's calibrated threshold)), nudge = sum of
+weight * value, clipped per token to clip * ||h||.
 
 Records are captured from operator-given text only, signed with an operator-held HMAC key (never
 stored in the store), screened at write time and quarantined until approved. A store belongs to
@@ -25,8 +26,9 @@ Key: --key-file, else $BALDR_MEMORY_KEY (hex), else $BALDR_MEMORY_KEY_FILE, else
 ~/.config/baldr-ops/memory.key ('memory keygen' makes one). Design: docs/memory.md.
 """
 
-LAYER_SPEC_HELP = ("a layer, optionally with its own settings: 13 or 13:strength=4,threshold=0.25,top_k=4,"
-                   "clip=0.5,weight_cap=1,query=prompt|running; repeat for several layers")
+LAYER_SPEC_HELP = ("a layer, optionally with its own settings: 13 or 13:strength=1,threshold_z=2,top_k=4,"
+                   "clip=0.5,weight_cap=0.5,query=prompt|running (threshold=0.2: a fixed threshold instead of the "
+                   "calibrated one); repeat for several layers")
 
 
 def _store_arguments(p, key=True) -> None:
@@ -37,6 +39,23 @@ def _store_arguments(p, key=True) -> None:
                             "$BALDR_MEMORY_KEY_FILE, ~/.config/baldr-ops/memory.key")
 
 
+def _key_rule_arguments(p) -> None:
+    p.add_argument("--key-layer", type=int, metavar="K",
+                   help="store option, fixed by a layer's first records: the layer keys are pooled at (default 80%% "
+                        "depth, 24 of 30 on the demo model)")
+    p.add_argument("--key-metric", choices=("whitened", "centred"),
+                   help="store option, fixed by a layer's first records: how keys are compared (default whitened: "
+                        "cosine after whitening by the reference texts' covariance; centred: plain cosine, format v2)")
+
+
+def _key_rule(args):
+    from baldr_ops.memory.keyspace import KeyRule
+
+    if args.key_layer is None and args.key_metric is None:
+        return None
+    return KeyRule(layer=args.key_layer, **({"metric": args.key_metric} if args.key_metric else {}))
+
+
 def _json_argument(p) -> None:
     p.add_argument("--json", action="store_true", help="print a JSON document on stdout instead of text")
 
@@ -44,9 +63,12 @@ def _json_argument(p) -> None:
 def _layer_settings_arguments(p) -> None:
     p.add_argument("--layer", action="append", metavar="SPEC", help=LAYER_SPEC_HELP +
                    " (default: every layer the store has)")
-    p.add_argument("--strength", type=float, help="strength for every layer without its own (default 4)")
-    p.add_argument("--threshold", type=float, help="relevance threshold tau for every layer without its own "
-                                                   "(default 0.25)")
+    p.add_argument("--strength", type=float, help="strength for every layer without its own (default 1)")
+    p.add_argument("--threshold", type=float, help="a fixed relevance threshold for every layer without its own "
+                                                   "(default: each record's calibrated threshold)")
+    p.add_argument("--threshold-z", type=float, help="the calibrated threshold, in null standard deviations above "
+                                                     "the record's null mean, for every layer without its own "
+                                                     "(default 2)")
     p.add_argument("--clip", type=float, help="per-token clip as a fraction of ||h|| for every layer without its "
                                               "own (default 0.5)")
     p.add_argument("--rederive", action="store_true",
@@ -81,8 +103,17 @@ def register(subparsers) -> None:
                         "--override-flags)")
     s.add_argument("--keep-flagged", action="store_true",
                    help="store memories that fail a write-time screen, flagged, instead of refusing the batch")
+    _key_rule_arguments(s)
     _json_argument(s)
     s.set_defaults(func=run_add)
+
+    s = sub.add_parser("migrate", help="re-derive a store of format v2 into a new store of format v3 (the key rule)")
+    _store_arguments(s)
+    s.add_argument("--out", required=True, metavar="DIR", help="the new store's directory (must not exist, or be empty)")
+    add_model_arguments(s)
+    _key_rule_arguments(s)
+    _json_argument(s)
+    s.set_defaults(func=run_migrate)
 
     s = sub.add_parser("list", help="the store's records, their status and flags")
     _store_arguments(s)
@@ -144,6 +175,9 @@ def register(subparsers) -> None:
     s.add_argument("--fixed-strength", type=float, default=2.0,
                    help="strength of the fixed-strength selectivity test (default 2: twice the domain's mean value)")
     s.add_argument("--seeds", type=int, default=4, help="random directions per domain for the control (default 4)")
+    s.add_argument("--domains", metavar="FILE",
+                   help="a JSON domain set (domains with memories, held-out sentences and queries; neutral queries "
+                        "and text) to evaluate on instead of the built-in one; format in docs/memory.md")
     _json_argument(s)
     s.set_defaults(func=run_eval)
     p.set_defaults(func=lambda args: (p.print_help(), 0)[1])
@@ -253,8 +287,12 @@ def run_add(args) -> int:
                                       d_model=ident.d_model)
         layers = [layer]
     store = MemoryStore.open_or_create(args.store, key, ident)
+    rule = _key_rule(args)
+    if rule is not None and rule.layer is not None:
+        lm.check_layer(rule.layer)
     records = add_texts(store, lm, texts, layers, origin=args.origin, label=args.label,
                         allow_untrusted_origin=args.allow_untrusted_origin, keep_flagged=args.keep_flagged,
+                        key_rule=rule,
                         progress=progress)
     doc = AddReport(store=str(store.directory), model=ident.short(), layers=layers, layer_source=source, records=records)
     lines = [f"store {store.directory}  model {ident.short()}  layers {', '.join(map(str, layers))} ({source})"]
@@ -264,6 +302,30 @@ def run_add(args) -> int:
     written = sum(r.status != "skipped" for r in records)
     lines.append(f"{written} record(s) written, quarantined: review with 'memory list', then 'memory approve'")
     _print(doc, args, "\n".join(lines))
+    return 0
+
+
+def run_migrate(args) -> int:
+    require_research_extra()
+    key = _key(args)  # before loading the model: a missing key fails fast
+    from baldr_ops.memory.migrate import migrate_store
+
+    lm = load_model_from_args(args)
+    rule = _key_rule(args)
+    if rule is not None and rule.layer is not None:
+        lm.check_layer(rule.layer)
+    report = migrate_store(args.store, args.out, key, lm, rule, progress=progress)
+    lines = [f"migrated {report.source} -> {report.target} ({report.key_rule.describe(lm.n_layers)}); "
+             f"{report.carried} of {len(report.records)} record(s) carried"]
+    for r in report.records:
+        lines.append(f"  {r.old_id} -> {r.new_id or '-':24} L{r.layer:<3} {r.status:11}"
+                     + (f"  [{', '.join(r.flags)}]" if r.flags else "") + (f"  {r.note}" if r.note else ""))
+    lines += [f"  not carried, the old log excluded it: {p.file}{'' if p.line is None else f':{p.line}'}: {p.reason}"
+              for p in report.problems]
+    if report.disabled:
+        lines.append(f"kill switch carried: {report.disabled}")
+    lines.append(f"the old store is unchanged (its audit trail stays there); point --store at {report.target}")
+    _print(report, args, "\n".join(lines))
     return 0
 
 
@@ -380,8 +442,8 @@ def run_audit(args) -> int:
 def _runtime_from_args(args, lm, store):
     from baldr_ops.memory.runtime import MemoryRuntime
 
-    defaults = {k: v for k, v in (("strength", args.strength), ("threshold", args.threshold), ("clip", args.clip))
-                if v is not None}
+    defaults = {k: v for k, v in (("strength", args.strength), ("threshold", args.threshold),
+                                  ("threshold_z", args.threshold_z), ("clip", args.clip)) if v is not None}
     specs = args.layer or [str(layer) for layer in store.layers()]
     if not specs:
         raise UserError(f"store {store.directory} is empty", hint="'memory add' some text, then 'memory approve'")
@@ -416,30 +478,43 @@ def run_ab(args) -> int:
               f"vocabulary share          {report.vocabulary_share_without:.1%} -> {report.vocabulary_share_with:.1%} "
               f"of generated tokens", f"vocabulary                {', '.join(report.vocabulary[:15])}"]
     for layer in report.layers:
-        lines.append(f"layer {layer.layer} (threshold {layer.threshold}, strength {layer.strength}):")
-        lines += [f"  r {c.relevance:+.3f}  w {c.weight:.3f}  {c.label or '-':10} {_short(c.text, 50)}"
-                  for c in layer.candidates]
+        lines.append(f"layer {layer.layer} (keys at layer {layer.key_layer}, threshold {layer.threshold}, "
+                     f"strength {layer.strength}):")
+        lines += [f"  r {c.relevance:+.3f}" + (f" / t {c.threshold:+.3f}" if c.threshold is not None else "")
+                  + f"  w {c.weight:.3f}  {c.label or '-':10} {_short(c.text, 50)}" for c in layer.candidates]
     _print(report, args, "\n".join(lines))
     return 0
 
 
 def run_eval(args) -> int:
+    from baldr_ops.memory.domains import BUILTIN, load_domain_set
+
+    domain_set = load_domain_set(args.domains) if args.domains else BUILTIN  # before the model loads
     require_research_extra()
     from baldr_ops.memory.evaluate import EvalSettings, run
 
     lm = load_model_from_args(args)
     report = run(lm, EvalSettings(layer=args.layer, fixed_strength=args.fixed_strength, random_seeds=args.seeds),
-                 progress=progress)
-    lines = [f"model {report.model}, layer {report.layer} ({report.layer_source}); {len(report.domains)} domains x "
-             f"{report.memories // len(report.domains)} memories, {report.queries} queries; {report.seconds:.0f} s", ""]
+                 domain_set, progress=progress)
+    h = report.headline
+    lines = [f"model {report.model}, layer {report.layer} ({report.layer_source}), keys at layer {report.key_layer} "
+             f"({report.key_metric}); domain set {report.domain_set}: {len(report.domains)} domains, "
+             f"{report.memories} memories, {report.queries} queries; {report.seconds:.0f} s", ""]
     lines += [f"{'PASS' if c.passed else 'FAIL' if c.passed is False else '    '}  {c.name}: {c.value}"
               + (f"  (target {c.target})" if c.passed is not None else "") for c in report.checks]
-    lines += ["", "dose-response at fixed strength (own / other domain shift, selectivity [95% CI over queries], KL):"]
+    lines += ["", "dose-response at fixed strength (own / other shift, selectivity total [95% CI] and own-domain, "
+                  "KL all / neutral queries, neutral perplexity ratio):"]
     lines += [f"  strength {d.strength:>4}: {d.own_mean:+.5f} / {d.other_mean:+.5f}  {d.selectivity:6.1%} "
-              f"[{d.selectivity_low:.0%}, {d.selectivity_high:.0%}]  {d.kl_mean:.3f}" for d in report.dose]
+              f"[{d.selectivity_low:.0%}, {d.selectivity_high:.0%}]  {d.own_domain_selectivity:6.1%}  "
+              f"{d.kl_mean:.3f} / {d.kl_neutral:.3f}  {d.perplexity_ratio:.3f}" for d in report.dose]
     g = report.gated
-    lines += [f"relevance-gated (defaults): {g.pairs} of {report.queries * len(report.domains)} pairs recalled; "
-              f"selective {g.selective}/{g.pairs}; own {g.own_mean:+.5f}, other {g.other_mean:+.5f}; "
-              f"neutral queries recalling: {report.neutral_recall_rate:.0%}"]
+    lines += [f"relevance-gated (defaults: strength {g.settings.strength}, threshold "
+              f"{g.settings.describe_threshold()}, weight cap {g.settings.weight_cap}): {g.recalled_pairs} of "
+              f"{report.queries * len(report.domains)} pairs recalled, mean dose {g.weight_total:.2f}; own-domain "
+              f"shift {g.own_domain_shift:+.5f} where recalled; neutral queries recalling {h.neutral_recall.mean:.0%}"]
+    if report.flagged_memories:
+        lines.append(f"memories a write-time screen flagged (kept): {'; '.join(report.flagged_memories)}")
+    failed = [c.name for c in report.checks if c.passed is False]
+    lines.append("all targets met" if not failed else f"NOT MET: {'; '.join(failed)}")
     _print(report, args, "\n".join(lines))
     return 0 if report.passed else 1

@@ -36,7 +36,9 @@ class AuditRecord(_Model):
 class LayerAudit(_Model):
     layer: int
     strength: float
-    threshold: float
+    threshold: float | None  # None: each record's calibrated threshold (threshold_z)
+    threshold_z: float | None = None
+    key_layer: int | None = None
     clip: float
     gate: str
     query: str
@@ -51,7 +53,9 @@ class LayerAudit(_Model):
     def from_trace(cls, trace: LayerTrace, memory: LayerMemory) -> LayerAudit:
         s = memory.settings
         records = [AuditRecord(id=rid, **v) for rid, v in sorted(trace.records.items(), key=lambda kv: -kv[1]["weight"])]
-        return cls(layer=trace.layer, strength=s.strength, threshold=s.threshold, clip=s.clip, gate=s.gate,
+        return cls(layer=trace.layer, strength=s.strength, threshold=s.threshold,
+                   threshold_z=s.threshold_z if s.threshold is None else None, key_layer=memory.key_layer, clip=s.clip,
+                   gate=s.gate,
                    query=s.query, recalls=trace.recalls, records=records, delta_norm=trace.delta_norm,
                    tokens_nudged=trace.tokens_nudged, tokens_clipped=trace.tokens_clipped, max_ratio=trace.max_ratio)
 

@@ -84,6 +84,7 @@ class Candidate(BaseModel):
     id: str
     label: str | None
     relevance: float
+    threshold: float | None  # the record's threshold (calibrated, or the layer's); None: fixed gate
     weight: float
     text: str
 
@@ -92,7 +93,8 @@ class LayerRecall(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     layer: int
-    threshold: float
+    key_layer: int
+    threshold: str  # a number, or "calibrated (z ...)"
     strength: float
     candidates: list[Candidate]
 
@@ -130,16 +132,19 @@ def ab(lm, runtime: MemoryRuntime, prompt: str, max_new_tokens: int = 40, chat: 
     layers, sources = [], []
     bodies = _bodies(runtime)
     missing = [layer for layer in runtime.memories if recalls.get(layer) is None and runtime.memories[layer].size]
-    states = pooled(lm, [text], missing) if missing else {}
+    key_layers = sorted({runtime.memories[layer].key_layer for layer in missing})
+    states = pooled(lm, [text], key_layers) if missing else {}
     for layer, memory in sorted(runtime.memories.items()):
-        recall = recalls.get(layer) or (memory.recall(states[layer]) if layer in states else None)
+        recall = recalls.get(layer) or (memory.recall(states[memory.key_layer]) if layer in missing else None)
         if recall is None:
             continue
         weights = dict(zip(recall.record_ids[0], recall.weights[0], strict=True))
-        cands = [Candidate(id=rid, label=bodies[rid].label, relevance=r, weight=weights.get(rid, 0.0),
-                           text=bodies[rid].source_text) for rid, r in recall.top_relevance[0]]
-        layers.append(LayerRecall(layer=layer, threshold=memory.settings.threshold, strength=memory.settings.strength,
-                                  candidates=cands))
+        cands = [Candidate(id=rid, label=bodies[rid].label, relevance=r, threshold=record_threshold(memory, rid),
+                           weight=weights.get(rid, 0.0), text=bodies[rid].source_text)
+                 for rid, r in recall.top_relevance[0]]
+        layers.append(LayerRecall(layer=layer, key_layer=memory.key_layer,
+                                  threshold=memory.settings.describe_threshold(),
+                                  strength=memory.settings.strength, candidates=cands))
         chosen = [c for c in cands if c.weight > 0] or cands
         sources += [c.text for c in chosen]
     vocab = lexicon(lm.tokenizer, sources) if sources else []
@@ -152,6 +157,16 @@ def ab(lm, runtime: MemoryRuntime, prompt: str, max_new_tokens: int = 40, chat: 
                     vocabulary_share_without=_share(base.token_ids, vocab_set),
                     vocabulary_share_with=_share(nudged.token_ids, vocab_set),
                     generation_id=nudged.audit.generation_id if nudged.audit else None)
+
+
+def record_threshold(memory, record_id: str) -> float | None:
+    """The threshold a record's relevance is held against (None under the fixed gate)."""
+    s = memory.settings
+    if s.gate != "relevance":
+        return None
+    if memory.thresholds is None:
+        return s.threshold
+    return float(memory.thresholds[memory.record_ids.index(record_id)])
 
 
 def _bodies(runtime: MemoryRuntime) -> dict:

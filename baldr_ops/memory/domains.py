@@ -1,9 +1,20 @@
-"""The evaluation's domains, written for this kit: what `baldr-ops memory eval` stores and asks.
+"""The evaluation's domains: what `baldr-ops memory eval` stores and asks.
 
-Each domain has four memory texts (what is stored), a separate held-out text the domain's
-vocabulary is derived from by log-odds (so the vocabulary is never read off the memories), and
-queries of three kinds: neutral (no domain), mildly related and strongly related to one domain.
-`NEUTRAL_TEXT` is what the perplexity cost is measured on.
+A domain set (`DomainSet`) has domains, each with memory texts (what is stored), separate held-out
+sentences the domain's vocabulary is derived from by log-odds (so the vocabulary is never read off
+the memories), and queries mildly or strongly related to it; neutral queries (no domain); and
+neutral text, on which the perplexity cost is measured.
+
+`BUILTIN` is written for this kit (4 domains x 4 memories, 32 queries); it is the set the key rule
+and the defaults were tuned on. `load_domain_set` reads an operator's own set from JSON::
+
+    {"schema_version": 1, "name": "...",
+     "domains": [{"name": "...", "memories": ["..."], "heldout": ["..."],
+                  "queries": [{"text": "...", "kind": "strong"}, "a plain string is a strong query"]}],
+     "neutral_queries": ["..."], "neutral_text": ["..."]}
+
+tests/memory/data/domains-set2.json and -set3.json are two such sets, written before any result on
+them was seen and never used for tuning.
 """
 
 from __future__ import annotations
@@ -11,6 +22,12 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from baldr_ops.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -217,9 +234,105 @@ NEUTRAL_TEXT: tuple[str, ...] = (
 )
 
 
+@dataclass(frozen=True)
+class DomainSet:
+    name: str
+    domains: tuple[Domain, ...]
+    queries: tuple[Query, ...]  # domain queries and neutral ones (domain None)
+    neutral_text: tuple[str, ...]
+
+    def fingerprint(self) -> str:
+        """sha256 over every text, so a report names the exact evaluation set."""
+        payload = [[d.name, d.memories, d.heldout] for d in self.domains]
+        payload.append([[q.text, q.kind, q.domain] for q in self.queries])
+        payload.append(list(self.neutral_text))
+        return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
+
+
+BUILTIN = DomainSet("built-in", DOMAINS, QUERIES, NEUTRAL_TEXT)
+
+
 def domains_fingerprint() -> str:
-    """sha256 over every text above, so a report names the exact evaluation set."""
-    payload = [[d.name, d.memories, d.heldout] for d in DOMAINS]
-    payload.append([[q.text, q.kind, q.domain] for q in QUERIES])
-    payload.append(list(NEUTRAL_TEXT))
-    return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
+    """sha256 of the built-in set."""
+    return BUILTIN.fingerprint()
+
+
+# -- an operator's domain set, from JSON ------------------------------------------------------------
+MIN_HELDOUT = 5  # sentences a domain's vocabulary is derived from
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _texts(values: list[str]) -> list[str]:
+    out = [v.strip() for v in values]
+    if any(not v for v in out):
+        raise ValueError("texts must not be empty")
+    return out
+
+
+class QueryFile(_Strict):
+    text: str = Field(min_length=1)
+    kind: Literal["mild", "strong"] = "strong"
+
+
+class DomainFile(_Strict):
+    name: str = Field(min_length=1)
+    memories: list[str] = Field(min_length=1)
+    heldout: list[str] = Field(min_length=MIN_HELDOUT)
+    queries: list[QueryFile | str] = Field(min_length=1)
+
+    _clean = field_validator("memories", "heldout")(_texts)
+
+
+class DomainSetFile(_Strict):
+    schema_version: int = 1
+    name: str | None = None
+    domains: list[DomainFile] = Field(min_length=2)
+    neutral_queries: list[str] = Field(default_factory=list)
+    neutral_text: list[str] = Field(default_factory=list)
+
+    _clean = field_validator("neutral_queries", "neutral_text")(_texts)
+
+    def domain_set(self, default_name: str) -> DomainSet:
+        names = [d.name for d in self.domains]
+        if len(set(names)) != len(names):
+            raise ValueError(f"domain names repeat: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
+        queries = [Query(q.text.strip(), q.kind, d.name) if isinstance(q, QueryFile) else Query(q.strip(), "strong", d.name)
+                   for d in self.domains for q in d.queries]
+        queries += [Query(text, "neutral", None) for text in self.neutral_queries]
+        if any(not q.text for q in queries):
+            raise ValueError("queries must not be empty")
+        return DomainSet(self.name or default_name,
+                         tuple(Domain(d.name, tuple(d.memories), tuple(d.heldout)) for d in self.domains),
+                         tuple(queries), tuple(self.neutral_text) or NEUTRAL_TEXT)
+
+
+def _where(error: dict) -> str:
+    return ".".join(str(part) for part in error["loc"] if not str(part).startswith("function-"))
+
+
+def load_domain_set(path: str | Path) -> DomainSet:
+    """An operator's domain set from a JSON file (the format above). Neutral text defaults to the
+    built-in paragraphs. Bad input is a `UserError` naming the file and the field."""
+    path = Path(path).expanduser()
+    hint = "see docs/memory.md, 'Your own domains', for the format"
+    try:
+        raw = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise UserError(f"cannot read the domain set {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise UserError(f"the domain set {path} is not UTF-8 text (byte {exc.start})", hint=hint) from exc
+    except ValueError as exc:
+        raise UserError(f"the domain set {path} is not valid JSON: {exc}", hint=hint) from exc
+    try:
+        if isinstance(raw, dict) and raw.get("schema_version", 1) != 1:
+            raise ValueError(f"schema_version {raw['schema_version']!r} is not supported (1 is)")
+        return DomainSetFile.model_validate(raw).domain_set(path.stem)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise UserError(f"the domain set {path}: {_where(first) or 'the document'}: {first['msg']}",
+                        hint=hint) from exc
+    except ValueError as exc:
+        raise UserError(f"the domain set {path}: {exc}", hint=hint) from exc

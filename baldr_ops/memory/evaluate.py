@@ -1,26 +1,35 @@
-"""Does the nudge shift the model's framing toward the stored domain, selectively, and at what cost?
+"""Does the memory recall the right thing, and does its nudge shift the model's framing toward the
+stored domain, selectively, and at what cost?
 
-The protocol of research criterion 17, on the built-in domains (`domains`: 4 domains x 4 memories,
-32 queries: neutral, mildly and strongly related). The memories go through the real add path
-(screens, signatures, approval) into a throw-away store; each condition then runs the real hooks.
+The protocol of research criterion 17 and issue 15, on a domain set (`domains.DomainSet`: the
+built-in one, or an operator's JSON given to ``memory eval --domains FILE``). Every domain's
+memories go through the real add path (key rule, screens, calibration, signatures, approval) into
+one throw-away store; each domain's records are then one memory ("the domain's store"), and each
+condition runs the real hooks.
 
-Measure: the next-token probability mass on a domain's vocabulary, derived by log-odds from the
-domain's held-out text (never from the memories), with memory minus without ("shift").
+Measure of the nudge: the next-token probability mass on a domain's vocabulary, derived by log-odds
+from the domain's held-out sentences (never from the memories), with memory minus without ("shift").
 
-Claims are kept apart, because with a relevance-gated weight "shift proportional to relevance"
-holds by construction:
+What is measured, kept apart (with a relevance-gated weight, "shift proportional to relevance" holds
+by construction):
 
-* selectivity at fixed strength (gate "fixed": every memory of the domain weighted strength/4,
-  relevance ignored): own-domain shift > mean other-domain shift, share of (query, domain) pairs,
-  with a 95 % interval resampling whole queries; the target is held against its lower end;
-* specificity: the same with norm-matched random directions; their own-domain shift's 95 % CI
-  (bootstrap over queries) should include 0, and their mean should be a small fraction of the
-  memories' own-domain shift at the same strength, whose interval should lie above 0;
-* dose-response: mean own-domain shift over strength {0, 0.5, 1, 2, 4} at fixed strength, monotone;
-* cost: KL(with || without) at the next token, perplexity of neutral text;
-* retrieval: AUROC of relevance for same- vs other-domain (query, memory) pairs;
-* proportionality: Spearman(relevance, own shift) with the gate on (pairs with nonzero weight only)
-  and at fixed strength, reported separately.
+* recall, with the default settings: the share of own-domain (query, domain store) pairs that
+  recall anything, the share of other-domain pairs that do (false recall), the share of neutral
+  queries that do, and the AUROC of the recall score (the best record's relevance minus its
+  threshold) for own- against other-domain pairs;
+* selectivity at fixed strength (gate "fixed": every memory of the domain weighted strength/n,
+  relevance ignored): own-domain shift > mean other-domain shift, over all (query, domain) pairs
+  ("total") and over the pairs whose query belongs to the domain ("own-domain");
+* specificity: the same with norm-matched random directions; their own-domain shift's interval
+  should include 0 and their mean be a small fraction of the memories';
+* dose-response: shifts, selectivity, KL and neutral-text perplexity over strength {0, 0.5, 1, 2, 4};
+* the system as it runs (default settings): its shifts where it recalled, its KL on neutral queries
+  and its perplexity on neutral text, with all domains in one memory;
+* proportionality: Spearman(relevance, own shift) gated (pairs with nonzero weight) and fixed.
+
+Intervals are 95 % percentile bootstrap intervals resampling whole queries (a query's pairs move
+together). The targets of issue 15 are in `Targets`; a missed target fails the check, and
+``memory eval`` exits 1.
 """
 
 from __future__ import annotations
@@ -34,13 +43,14 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from baldr_ops.memory import domains as builtin
 from baldr_ops.memory.compare import kl, next_token_probs
 from baldr_ops.memory.config import LayerSettings, default_layer
 from baldr_ops.memory.derive import pooled
+from baldr_ops.memory.domains import BUILTIN, DomainSet
 from baldr_ops.memory.identity import identity_of
 from baldr_ops.memory.index import unit
 from baldr_ops.memory.keys import ephemeral_key
+from baldr_ops.memory.keyspace import KeyRule
 from baldr_ops.memory.lexicon import lexicon
 from baldr_ops.memory.recall import LayerMemory
 from baldr_ops.memory.runtime import MemoryRuntime, memory_from_records
@@ -55,10 +65,24 @@ DOSES = (0.0, 0.5, 1.0, 2.0, 4.0)
 RANDOM_FRACTION_MAX = 0.25
 
 
+class Targets(BaseModel):
+    """Issue 15's targets. Recall, false recall and AUROC are held by their point estimates,
+    selectivity by its interval's lower end, perplexity by the ratio with memory on / off."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    own_recall: float = 0.9  # at least
+    false_recall: float = 0.05  # at most
+    auroc: float = 0.9  # at least
+    selectivity: float = 0.9  # the total selectivity interval's lower end, at least
+    perplexity_ratio: float = 1.05  # neutral text, memory on (default settings) / off, at most
+
+
 class EvalSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     layer: int | None = None
+    key_rule: KeyRule = Field(default_factory=KeyRule)
     # Fixed strength 2: the domain's mean value twice (about 0.45 of a token's residual norm on
     # SmolLM2 layer 13), the strongest nudge the default clip (0.5) does not cut.
     fixed_strength: float = 2.0
@@ -67,7 +91,7 @@ class EvalSettings(BaseModel):
     bootstrap: int = 2000
     lexicon_size: int = 30
     seed: int = 0
-    target_selectivity: float = 0.9
+    targets: Targets = Field(default_factory=Targets)
 
 
 class Interval(BaseModel):
@@ -100,7 +124,10 @@ class DosePoint(BaseModel):
     selectivity: float
     selectivity_low: float  # 95 % interval over queries
     selectivity_high: float
+    own_domain_selectivity: float
     kl_mean: float
+    kl_neutral: float  # on the neutral queries
+    perplexity_ratio: float  # neutral text with this nudge on every token / without
 
 
 class Correlation(BaseModel):
@@ -120,31 +147,62 @@ class Check(BaseModel):
     passed: bool | None  # None: reported, no target
 
 
+class Headline(BaseModel):
+    """The figures issue 15 sets targets for."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    own_recall: Interval  # own-domain (query, domain store) pairs that recall anything, default settings
+    false_recall: Interval  # other-domain pairs that recall anything
+    neutral_recall: Interval  # (neutral query, domain store) pairs that recall anything
+    auroc: Interval  # recall score, own- against other-domain pairs
+    selectivity_total: Selectivity  # fixed strength, all pairs
+    selectivity_own: Selectivity  # fixed strength, pairs of a domain's own queries
+    perplexity_off: float  # neutral text
+    perplexity_on: float  # neutral text, all domains in one memory, default settings
+    kl_neutral: Interval  # next token after the neutral queries, all domains, default settings
+
+    @property
+    def perplexity_ratio(self) -> float:
+        return self.perplexity_on / self.perplexity_off
+
+
+class Gated(BaseModel):
+    """The relevance-gated system with the default settings, one domain store at a time."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    settings: LayerSettings
+    recalled_pairs: int
+    selectivity: Selectivity  # over the pairs that recalled
+    own_domain_selectivity: Selectivity  # over own-domain pairs that recalled
+    own_domain_shift: float  # mean own-domain shift where an own-domain query recalled
+    kl_recalled: float  # mean KL over the pairs that recalled
+    weight_total: float  # mean sum of weights where anything was recalled (the dose, in fixed strengths)
+
+
 class EvalReport(Document):
     model: str
+    domain_set: str
+    domains_sha256: str
     layer: int
     layer_source: str
-    domains_sha256: str
+    key_layer: int
+    key_metric: str
     domains: list[str]
     memories: int
+    flagged_memories: list[str]  # memories a write-time screen flagged (kept for the evaluation)
     queries: int
     vocabularies: dict[str, list[str]]
+    headline: Headline
     fixed_strength: float
-    gated_settings: LayerSettings
-    fixed: Selectivity
-    gated: Selectivity
-    own_shift_fixed: Interval  # the memories' own-domain shift at the fixed strength, 95 % interval over queries
+    own_shift_fixed: Interval  # the memories' own-domain shift at the fixed strength
     random_control: Interval
     random_to_memory: float  # the random control's mean own-domain shift over the memories' (same strength)
     dose: list[DosePoint]
     dose_monotone: bool
-    kl_fixed: float
-    kl_gated: float
-    perplexity_base: float
-    perplexity_gated: float
-    perplexity_fixed: float
-    auroc: float
-    neutral_recall_rate: float  # neutral queries that recalled any memory with the gate on
+    gated: Gated
+    auroc_relevance: float  # raw relevance, (query, record) pairs, own against other domain
     spearman_gated: Correlation
     spearman_fixed: Correlation
     checks: list[Check]
@@ -170,6 +228,20 @@ def bootstrap_mean(values: np.ndarray, groups: np.ndarray, n: int, seed: int) ->
     return Interval(mean=float(np.mean(values)), low=low, high=high)
 
 
+def bootstrap_auroc(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray, n: int, seed: int) -> Interval:
+    """`auroc` with a 95 % percentile interval, resampling whole groups (a query's pairs together)."""
+    ids = np.unique(groups)
+    members = [np.flatnonzero(groups == g) for g in ids]
+    draws = group_draws(np.random.default_rng(seed), len(ids), n)
+    boot = np.full(n, np.nan)
+    for b, draw in enumerate(draws):
+        rows = np.concatenate([members[i] for i in draw])
+        if labels[rows].any() and not labels[rows].all():
+            boot[b] = auroc(scores[rows], labels[rows])
+    low, high = percentile_interval(boot)
+    return Interval(mean=auroc(scores, labels), low=low, high=high)
+
+
 def spearman(x: list[float], y: list[float]) -> Correlation:
     if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
         return Correlation(rho=None, p_value=None, pairs=len(x))
@@ -179,19 +251,23 @@ def spearman(x: list[float], y: list[float]) -> Correlation:
     return Correlation(rho=float(result.statistic), p_value=float(result.pvalue), pairs=len(x))
 
 
-def selectivity(shifts: np.ndarray, n: int = 0, seed: int = 0) -> Selectivity:
-    """``shifts[q, d_injected, d_vocab]``: own (d == d) against the mean of the others. With ``n``,
-    a 95 % percentile interval of the selective fraction, resampling whole queries ``n`` times."""
+def selectivity(shifts: np.ndarray, n: int = 0, seed: int = 0, pairs: np.ndarray | None = None) -> Selectivity:
+    """``shifts[q, d_injected, d_vocab]``: own (d == d) against the mean of the others, over the
+    (query, domain) pairs ``pairs`` [q, d] marks (default all). With ``n``, a 95 % percentile interval
+    of the selective fraction, resampling whole queries ``n`` times."""
     n_domains = shifts.shape[1]
     own = np.stack([shifts[:, d, d] for d in range(n_domains)], axis=1)
     other = np.stack([np.delete(shifts[:, d, :], d, axis=1).mean(axis=1) for d in range(n_domains)], axis=1)
-    wins = own > other
+    pairs = np.ones(own.shape, dtype=bool) if pairs is None else pairs
+    wins = (own > other) & pairs
+    count = int(pairs.sum())
     low = high = None
-    if n:
-        per_query = GroupedSums(wins.sum(axis=1).astype(float), np.full(len(wins), float(n_domains)))
+    if n and count:
+        per_query = GroupedSums(wins.sum(axis=1).astype(float), pairs.sum(axis=1).astype(float))
         low, high = percentile_interval(per_query.resampled(group_draws(np.random.default_rng(seed), len(wins), n)))
-    return Selectivity(pairs=own.size, selective=int(wins.sum()), fraction=int(wins.sum()) / max(own.size, 1),
-                       own_mean=float(own.mean()), other_mean=float(other.mean()), low=low, high=high)
+    return Selectivity(pairs=count, selective=int(wins.sum()), fraction=int(wins.sum()) / max(count, 1),
+                       own_mean=float(own[pairs].mean()) if count else 0.0,
+                       other_mean=float(other[pairs].mean()) if count else 0.0, low=low, high=high)
 
 
 def own_shifts(shifts: np.ndarray) -> np.ndarray:
@@ -214,12 +290,36 @@ def perplexity(lm, texts, runtime: MemoryRuntime | None = None) -> float:
     return float(math.exp(nll))
 
 
+def _fmt(i: Interval, percent: bool = True) -> str:
+    return (f"{i.mean:.1%} [{i.low:.1%}, {i.high:.1%}]" if percent else f"{i.mean:.3f} [{i.low:.3f}, {i.high:.3f}]")
+
+
+def headline_checks(h: Headline, t: Targets) -> list[Check]:
+    """The targeted checks of the headline figures against ``t``."""
+    s = h.selectivity_total
+    return [
+        Check(name="own-domain recall (default settings)", value=_fmt(h.own_recall),
+              target=f">= {t.own_recall:.0%}", passed=h.own_recall.mean >= t.own_recall),
+        Check(name="false recall across domains", value=_fmt(h.false_recall), target=f"<= {t.false_recall:.0%}",
+              passed=h.false_recall.mean <= t.false_recall),
+        Check(name="recall AUROC (own vs other domain)", value=_fmt(h.auroc, percent=False),
+              target=f">= {t.auroc:.2f}", passed=h.auroc.mean >= t.auroc),
+        Check(name="total selectivity at fixed strength (95% CI over queries)",
+              value=f"{s.selective}/{s.pairs} = {s.fraction:.1%} [{s.low:.1%}, {s.high:.1%}]",
+              target=f"CI lower end >= {t.selectivity:.0%}", passed=s.low is not None and s.low >= t.selectivity),
+        Check(name="neutral-text perplexity, memory on (default settings) / off",
+              value=f"{h.perplexity_on:.3f} / {h.perplexity_off:.3f} = {h.perplexity_ratio:.3f}",
+              target=f"<= {t.perplexity_ratio:.2f}", passed=h.perplexity_ratio <= t.perplexity_ratio),
+    ]
+
+
 # -- the protocol --------------------------------------------------------------------------------
 def _runtime(lm, memory: LayerMemory) -> MemoryRuntime:
     return MemoryRuntime(lm, {memory.layer: memory})
 
 
-def run(lm, settings: EvalSettings | None = None, progress: Callable[[str], None] = lambda _: None) -> EvalReport:
+def run(lm, settings: EvalSettings | None = None, domain_set: DomainSet = BUILTIN,
+        progress: Callable[[str], None] = lambda _: None) -> EvalReport:
     settings = settings or EvalSettings()
     started = time.monotonic()
     ident = identity_of(lm)
@@ -227,25 +327,44 @@ def run(lm, settings: EvalSettings | None = None, progress: Callable[[str], None
         layer, source = default_layer(lm.n_layers, ident.weights_sha256, model_name=ident.name, d_model=ident.d_model)
     else:
         layer, source = lm.check_layer(settings.layer), "given"
-    names = [d.name for d in builtin.DOMAINS]
-    queries = [q.text for q in builtin.QUERIES]
+    domains = domain_set.domains
+    names = [d.name for d in domains]
+    queries = [q.text for q in domain_set.queries]
+    query_domain = [q.domain for q in domain_set.queries]
+    n_q, n_d = len(queries), len(names)
+    neutral = np.array([d is None for d in query_domain])
+    own_pairs = np.array([[qd == n for n in names] for qd in query_domain])  # [q, d]
+    other_pairs = np.array([[qd is not None and qd != n for n in names] for qd in query_domain])
+    groups = np.repeat(np.arange(n_q)[:, None], n_d, axis=1)  # [q, d]: the query of each pair
 
+    flagged = []
     with tempfile.TemporaryDirectory(prefix="baldr-memory-eval-") as tmp:
         store = MemoryStore.create(f"{tmp}/store", ident, ephemeral_key())
-        for domain in builtin.DOMAINS:
+        for domain in domains:
             progress(f"storing the {domain.name} memories")
-            for added in add_texts(store, lm, domain.memories, [layer], label=domain.name, progress=progress):
-                store.decide(added.id, "approve")
+            # Kept if a screen flags them (and reported): the evaluation measures the set as given.
+            for added in add_texts(store, lm, domain.memories, [layer], label=domain.name,
+                                   key_rule=settings.key_rule, keep_flagged=True, progress=progress):
+                if added.id is None:
+                    continue
+                if added.flags:
+                    flagged.append(f"{domain.name}: {added.text[:50]} ({', '.join(added.flags)})")
+                store.decide(added.id, "approve", override_flags=bool(added.flags))
         state = store.read_layer(layer)
-    centre = state.reference.arrays()[0]
+    reference = state.reference
     records = {n: [r for r in state.with_status("approved") if r.body.label == n] for n in names}
+    gated_settings = settings.gated.model_copy(update={"layer": layer})
 
     def domain_memory(name: str, **update) -> LayerMemory:
-        base = settings.gated.model_copy(update={"layer": layer, **update})
-        return memory_from_records(base, records[name], centre, device=lm.device)
+        return memory_from_records(gated_settings.model_copy(update=update), records[name], reference,
+                                   device=lm.device)
 
-    vocab = {d.name: lexicon(lm.tokenizer, d.heldout, [t for e in builtin.DOMAINS if e is not d for t in e.heldout],
-                             settings.lexicon_size) for d in builtin.DOMAINS}
+    def fixed_memory(name: str, strength: float) -> LayerMemory:
+        return domain_memory(name, gate="fixed", strength=strength, top_k=len(records[name]),
+                             weight_cap=max(strength, gated_settings.weight_cap))
+
+    vocab = {d.name: lexicon(lm.tokenizer, d.heldout, [t for e in domains if e is not d for t in e.heldout],
+                             settings.lexicon_size) for d in domains}
     vocab_ids = [vocab[n] for n in names]
 
     def mass(p: torch.Tensor) -> np.ndarray:  # [q, d_vocab]
@@ -254,115 +373,139 @@ def run(lm, settings: EvalSettings | None = None, progress: Callable[[str], None
     progress("queries without memory")
     p_base, _ = next_token_probs(lm, queries)
     m_base = mass(p_base)
+    ppl_base = perplexity(lm, domain_set.neutral_text)
 
-    def shifts_with(memory: LayerMemory) -> tuple[np.ndarray, torch.Tensor]:
+    def shifts_with(memory: LayerMemory) -> tuple[np.ndarray, np.ndarray]:
         p, _ = next_token_probs(lm, queries, _runtime(lm, memory))
-        return mass(p) - m_base, p
+        return mass(p) - m_base, kl(p, p_base).numpy()
 
-    # Fixed strength, every dose.
-    dose, fixed_shifts, kl_at = [], {}, {}
-    for strength in DOSES:
+    # -- recall, with the default settings -------------------------------------------------------
+    progress("recall")
+    key_states = pooled(lm, queries, [reference.keyed_at])[reference.keyed_at]
+    gated_memories = {n: domain_memory(n) for n in names}
+    recalls = {n: m.recall(key_states) for n, m in gated_memories.items()}
+    active = np.array([[bool(recalls[n].record_ids[q]) for n in names] for q in range(n_q)])  # [q, d]
+    margin = np.zeros((n_q, n_d))  # the best record's relevance minus its threshold
+    for d, n in enumerate(names):
+        memory = gated_memories[n]
+        scores, rows = memory.index.search(memory.query(key_states), memory.size)
+        thresholds = memory.thresholds[rows] if memory.thresholds is not None else gated_settings.threshold
+        margin[:, d] = (scores - thresholds).max(dim=1).values.cpu().numpy()
+    domain_rows = ~neutral
+
+    def rate(mask: np.ndarray) -> Interval:
+        return bootstrap_mean(active[mask].astype(float), groups[mask], settings.bootstrap, settings.seed)
+
+    own_recall, false_recall = rate(own_pairs), rate(other_pairs)
+    neutral_mask = np.repeat(neutral[:, None], n_d, axis=1)
+    neutral_recall = rate(neutral_mask) if neutral.any() else Interval(mean=0.0, low=0.0, high=0.0)
+    both = own_pairs | other_pairs
+    recall_auroc = bootstrap_auroc(margin[both], own_pairs[both], groups[both], settings.bootstrap, settings.seed)
+    relevance = {n: (unit(gated_memories[n].query(key_states)) @ unit(gated_memories[n].key_space.apply(
+        torch.from_numpy(np.stack([r.body.key_vector() for r in records[n]])).to(lm.device))).T).cpu().numpy()
+        for n in names}
+    scores, labels = [], []
+    for q in np.flatnonzero(domain_rows):
+        for n in names:
+            scores += relevance[n][q].tolist()
+            labels += [n == query_domain[q]] * len(records[n])
+    relevance_auroc = auroc(np.array(scores), np.array(labels))
+
+    # -- fixed strength, every dose --------------------------------------------------------------
+    dose, fixed_shifts = [], {}
+    doses = sorted({*DOSES, settings.fixed_strength})
+    for strength in doses:
         progress(f"fixed strength {strength}")
-        per_domain, kls = [], []
+        per_domain, kls, ppls = [], [], []
         for name in names:
-            s, p = shifts_with(domain_memory(name, gate="fixed", strength=strength, top_k=len(records[name])))
+            memory = fixed_memory(name, strength)
+            s, k = shifts_with(memory)
             per_domain.append(s)
-            kls.append(kl(p, p_base).numpy())
+            kls.append(k)
+            ppls.append(perplexity(lm, domain_set.neutral_text, _runtime(lm, memory)) if strength else ppl_base)
         fixed_shifts[strength] = np.stack(per_domain, axis=1)  # [q, d_injected, d_vocab]
-        kl_at[strength] = float(np.mean(kls))
+        kls = np.stack(kls, axis=1)  # [q, d]
         sel = selectivity(fixed_shifts[strength], settings.bootstrap, settings.seed)
-        dose.append(DosePoint(strength=strength, own_mean=sel.own_mean, other_mean=sel.other_mean,
-                              selectivity=sel.fraction, selectivity_low=sel.low, selectivity_high=sel.high,
-                              kl_mean=kl_at[strength]))
+        own_sel = selectivity(fixed_shifts[strength], pairs=own_pairs)
+        if strength in DOSES:
+            dose.append(DosePoint(strength=strength, own_mean=sel.own_mean, other_mean=sel.other_mean,
+                                  selectivity=sel.fraction, selectivity_low=sel.low, selectivity_high=sel.high,
+                                  own_domain_selectivity=own_sel.fraction, kl_mean=float(kls.mean()),
+                                  kl_neutral=float(kls[neutral].mean()) if neutral.any() else 0.0,
+                                  perplexity_ratio=float(np.mean(ppls)) / ppl_base))
     fixed_strength = settings.fixed_strength
-    if fixed_strength not in fixed_shifts:
-        per_domain, kls = [], []
-        for name in names:
-            s, p = shifts_with(domain_memory(name, gate="fixed", strength=fixed_strength, top_k=len(records[name])))
-            per_domain.append(s)
-            kls.append(kl(p, p_base).numpy())
-        fixed_shifts[fixed_strength], kl_at[fixed_strength] = np.stack(per_domain, axis=1), float(np.mean(kls))
     fixed = selectivity(fixed_shifts[fixed_strength], settings.bootstrap, settings.seed)
+    fixed_own = selectivity(fixed_shifts[fixed_strength], settings.bootstrap, settings.seed, pairs=own_pairs)
     own_fixed = own_shifts(fixed_shifts[fixed_strength])
-    own_shift_fixed = bootstrap_mean(own_fixed.reshape(-1), np.repeat(np.arange(len(queries)), len(names)),
-                                     settings.bootstrap, settings.seed)
+    own_shift_fixed = bootstrap_mean(own_fixed.reshape(-1), groups.reshape(-1), settings.bootstrap, settings.seed)
 
     # Norm-matched random directions: one random unit vector, scaled to the norm of the domain's
     # mean value, in place of every value, so the nudge has exactly the domain nudge's size.
     progress(f"random control ({settings.random_seeds} seeds)")
     generator = torch.Generator().manual_seed(settings.seed)
-    own_random, groups = [], []
+    own_random, random_groups = [], []
     for _ in range(settings.random_seeds):
         for d, name in enumerate(names):
-            memory = domain_memory(name, gate="fixed", strength=fixed_strength, top_k=len(records[name]))
+            memory = fixed_memory(name, fixed_strength)
             size = memory.values.mean(dim=0).norm()
             direction = unit(torch.randn(memory.values.shape[1], generator=generator)).to(memory.device) * size
             memory.values = direction.expand_as(memory.values).clone()
             s, _ = shifts_with(memory)
             own_random.append(s[:, d])
-            groups.append(np.arange(len(queries)))
-    random_control = bootstrap_mean(np.concatenate(own_random), np.concatenate(groups), settings.bootstrap,
+            random_groups.append(np.arange(n_q))
+    random_control = bootstrap_mean(np.concatenate(own_random), np.concatenate(random_groups), settings.bootstrap,
                                     settings.seed)
     random_to_memory = random_control.mean / own_shift_fixed.mean if own_shift_fixed.mean else math.inf
 
-    # Relevance, as the hook computes it: pooled query minus centre against each record's key.
-    q_states = pooled(lm, queries, [layer])[layer]
-    relevance = {n: (unit(q_states - torch.from_numpy(centre)) @ unit(
-        torch.from_numpy(np.stack([r.body.key_vector() for r in records[n]]))).T).numpy() for n in names}
-    query_domain = [q.domain for q in builtin.QUERIES]
-    scores, labels = [], []
-    for qi, qd in enumerate(query_domain):
-        if qd is None:
-            continue
-        for n in names:
-            scores += relevance[n][qi].tolist()
-            labels += [n == qd] * len(records[n])
-    retrieval_auroc = auroc(np.array(scores), np.array(labels))
-
-    # Gated: the default relevance gate, one domain's memories at a time.
-    progress("relevance-gated")
-    gated_shifts, active, kls = [], [], []
+    # -- the system as it runs: default settings ---------------------------------------------------
+    progress("relevance-gated (default settings)")
+    gated_shifts, gated_kl = [], []
     for name in names:
-        memory = domain_memory(name)
-        s, p = shifts_with(memory)
+        s, k = shifts_with(gated_memories[name])
         gated_shifts.append(s)
-        recall = memory.recall(q_states)
-        active.append([bool(ids) for ids in recall.record_ids])
-        kls.append(kl(p, p_base).numpy())
+        gated_kl.append(k)
     gated_all = np.stack(gated_shifts, axis=1)
-    active = np.array(active).T  # [q, d]
-    gated_pairs = [(q, d) for q in range(len(queries)) for d in range(len(names)) if active[q, d]]
-    own_g = np.array([gated_all[q, d, d] for q, d in gated_pairs])
-    other_g = np.array([np.delete(gated_all[q, d], d).mean() for q, d in gated_pairs])
-    gated = Selectivity(pairs=len(gated_pairs), selective=int((own_g > other_g).sum()),
-                        fraction=float((own_g > other_g).mean()) if gated_pairs else 0.0,
-                        own_mean=float(own_g.mean()) if gated_pairs else 0.0,
-                        other_mean=float(other_g.mean()) if gated_pairs else 0.0)
-    neutral = [i for i, d in enumerate(query_domain) if d is None]
-    neutral_rate = float(np.mean([active[i].any() for i in neutral])) if neutral else 0.0
-    top_relevance = {(q, d): float(relevance[n].max(axis=1)[q]) for d, n in enumerate(names) for q in range(len(queries))}
-    spear_gated = spearman([top_relevance[p] for p in gated_pairs], own_g.tolist())
-    all_pairs = [(q, d) for q in range(len(queries)) for d in range(len(names))]
+    gated_kl = np.stack(gated_kl, axis=1)
+    weight_total = np.array([[sum(recalls[n].weights[q]) for n in names] for q in range(n_q)])
+    gated_sel = selectivity(gated_all, settings.bootstrap, settings.seed, pairs=active)
+    gated_own = selectivity(gated_all, settings.bootstrap, settings.seed, pairs=active & own_pairs)
+    own_active = own_shifts(gated_all)[active & own_pairs]
+    gated = Gated(settings=gated_settings, recalled_pairs=int(active.sum()), selectivity=gated_sel,
+                  own_domain_selectivity=gated_own,
+                  own_domain_shift=float(own_active.mean()) if own_active.size else 0.0,
+                  kl_recalled=float(gated_kl[active].mean()) if active.any() else 0.0,
+                  weight_total=float(weight_total[active].mean()) if active.any() else 0.0)
+    everything = memory_from_records(gated_settings, [r for n in names for r in records[n]], reference,
+                                     device=lm.device)
+    ppl_on = perplexity(lm, domain_set.neutral_text, _runtime(lm, everything))
+    neutral_queries = [t for t, d in zip(queries, query_domain, strict=True) if d is None]
+    if neutral_queries:
+        p_on, _ = next_token_probs(lm, neutral_queries, _runtime(lm, everything))
+        neutral_kl = kl(p_on, p_base[torch.from_numpy(neutral)]).numpy()
+        kl_neutral = bootstrap_mean(neutral_kl, np.arange(len(neutral_kl)), settings.bootstrap, settings.seed)
+    else:
+        kl_neutral = Interval(mean=0.0, low=0.0, high=0.0)
+
+    top_relevance = {(q, d): float(relevance[n][q].max()) for d, n in enumerate(names) for q in range(n_q)}
+    gated_pairs = [(q, d) for q in range(n_q) for d in range(n_d) if active[q, d]]
+    spear_gated = spearman([top_relevance[p] for p in gated_pairs], [float(gated_all[q, d, d]) for q, d in gated_pairs])
+    all_pairs = [(q, d) for q in range(n_q) for d in range(n_d)]
     spear_fixed = spearman([top_relevance[p] for p in all_pairs],
                            [float(fixed_shifts[fixed_strength][q, d, d]) for q, d in all_pairs])
 
-    progress("perplexity of neutral text")
-    ppl_base = perplexity(lm, builtin.NEUTRAL_TEXT)
-    everything = memory_from_records(settings.gated.model_copy(update={"layer": layer}),
-                                     [r for n in names for r in records[n]], centre, device=lm.device)
-    ppl_gated = perplexity(lm, builtin.NEUTRAL_TEXT, _runtime(lm, everything))
-    ppl_fixed = float(np.mean([perplexity(lm, builtin.NEUTRAL_TEXT, _runtime(lm, domain_memory(
-        n, gate="fixed", strength=fixed_strength, top_k=len(records[n])))) for n in names]))
-
+    headline = Headline(own_recall=own_recall, false_recall=false_recall, neutral_recall=neutral_recall,
+                        auroc=recall_auroc, selectivity_total=fixed, selectivity_own=fixed_own,
+                        perplexity_off=ppl_base, perplexity_on=ppl_on, kl_neutral=kl_neutral)
     owns = [p.own_mean for p in dose]
     monotone = all(b >= a for a, b in zip(owns, owns[1:], strict=False))
-    checks = [
-        # The target is held against the interval's lower end: the point estimate alone rests on 128
-        # pairs from 32 queries, at a strength chosen after looking at the first 16.
-        Check(name="selectivity at fixed strength (95% CI over queries)",
-              value=f"{fixed.selective}/{fixed.pairs} = {fixed.fraction:.1%} [{fixed.low:.1%}, {fixed.high:.1%}]",
-              target=f"CI lower end >= {settings.target_selectivity:.0%}",
-              passed=fixed.low >= settings.target_selectivity),
+    checks = headline_checks(headline, settings.targets) + [
+        Check(name="own-domain selectivity at fixed strength (95% CI over queries)",
+              value=f"{fixed_own.selective}/{fixed_own.pairs} = {fixed_own.fraction:.1%} "
+                    f"[{fixed_own.low:.1%}, {fixed_own.high:.1%}]", target="reported", passed=None),
+        Check(name="neutral queries recalling (default settings)", value=_fmt(neutral_recall), target="reported",
+              passed=None),
+        Check(name="KL after neutral queries, memory on (default settings)", value=_fmt(kl_neutral, percent=False),
+              target="reported", passed=None),
         Check(name="random control: own-domain shift 95% CI includes 0",
               value=f"{random_control.mean:+.5f} [{random_control.low:+.5f}, {random_control.high:+.5f}]",
               target="low <= 0 <= high", passed=random_control.low <= 0 <= random_control.high),
@@ -373,25 +516,21 @@ def run(lm, settings: EvalSettings | None = None, progress: Callable[[str], None
               passed=own_shift_fixed.low > 0 and abs(random_to_memory) < RANDOM_FRACTION_MAX),
         Check(name="dose-response monotone", value=" -> ".join(f"{o:+.5f}" for o in owns),
               target="non-decreasing", passed=monotone),
-        Check(name="KL at the next token (fixed / gated)", value=f"{kl_at[fixed_strength]:.4f} / {float(np.mean(kls)):.4f}",
+        Check(name="relevance-gated: selective where recalled (all / own-domain pairs)",
+              value=f"{gated_sel.selective}/{gated_sel.pairs} / {gated_own.selective}/{gated_own.pairs}; "
+                    f"KL {gated.kl_recalled:.3f} where recalled, dose {gated.weight_total:.2f}",
               target="reported", passed=None),
-        Check(name="neutral-text perplexity (off / gated / fixed)",
-              value=f"{ppl_base:.3f} / {ppl_gated:.3f} / {ppl_fixed:.3f}", target="reported", passed=None),
-        Check(name="relevance AUROC (same vs other domain)", value=f"{retrieval_auroc:.3f}", target="reported",
-              passed=None),
         Check(name="Spearman(relevance, own shift), gated / fixed",
               value=f"{_rho(spear_gated)} / {_rho(spear_fixed)}", target="reported", passed=None),
     ]
     return EvalReport(
-        model=ident.short(), layer=layer, layer_source=source, domains_sha256=builtin.domains_fingerprint(),
-        domains=names, memories=sum(len(r) for r in records.values()), queries=len(queries),
-        vocabularies={n: [lm.tokenizer.decode([i]).strip() for i in vocab[n]] for n in names},
-        fixed_strength=fixed_strength, gated_settings=settings.gated.model_copy(update={"layer": layer}),
-        fixed=fixed, gated=gated, own_shift_fixed=own_shift_fixed, random_control=random_control,
-        random_to_memory=random_to_memory, dose=dose, dose_monotone=monotone,
-        kl_fixed=kl_at[fixed_strength], kl_gated=float(np.mean(kls)), perplexity_base=ppl_base,
-        perplexity_gated=ppl_gated, perplexity_fixed=ppl_fixed, auroc=retrieval_auroc,
-        neutral_recall_rate=neutral_rate, spearman_gated=spear_gated, spearman_fixed=spear_fixed, checks=checks,
+        model=ident.short(), domain_set=domain_set.name, domains_sha256=domain_set.fingerprint(), layer=layer,
+        layer_source=source, key_layer=reference.keyed_at, key_metric=reference.key_metric or "centred",
+        domains=names, memories=sum(len(r) for r in records.values()), flagged_memories=flagged, queries=n_q,
+        vocabularies={n: [lm.tokenizer.decode([i]).strip() for i in vocab[n]] for n in names}, headline=headline,
+        fixed_strength=fixed_strength, own_shift_fixed=own_shift_fixed, random_control=random_control,
+        random_to_memory=random_to_memory, dose=dose, dose_monotone=monotone, gated=gated,
+        auroc_relevance=relevance_auroc, spearman_gated=spear_gated, spearman_fixed=spear_fixed, checks=checks,
         seconds=time.monotonic() - started)
 
 

@@ -5,10 +5,12 @@ its `LayerHook`:
 
 1. pools the layer's state over the tokens it has not seen yet (absolute position 0, the
    attention sink, is never pooled or nudged). Given the prompt's inputs, the session pools the
-   prompt from a clean pass (no hooks, stopped after the deepest memory layer) before generation
+   prompt from a clean pass (no hooks, stopped after the deepest key layer) before generation
    starts, so each layer recalls from the model's own state and not from a state a shallower
    layer's memory already moved: layers recall independently, and a nudge at one layer cannot
-   pull recall at the next one toward itself;
+   pull recall at the next one toward itself. A memory whose keys live at another layer than the
+   one it nudges (`keyspace`) recalls from that layer's clean pooled state, so it needs the
+   prompt's inputs and the prompt query;
 2. recalls: once, for the prompt ("prompt" query, the default: the nudge is then one fixed vector
    for the whole generation), or again at every step from the running mean of all tokens so far
    ("running"; the states of generated tokens are those the model computed, shallower nudges
@@ -105,6 +107,9 @@ class LayerHook:
         self.last_recall: Recall | None = None
         self._acc: dict[str, torch.Tensor] | None = None  # device counters, read by `finish`
         self.dtype: torch.dtype | None = None  # the hidden states' (for the clip check in `finish`)
+        if memory.key_layer != memory.layer and (prompt_pooled is None or self.running):
+            raise ValueError(f"layer {memory.layer} recalls with keys pooled at layer {memory.key_layer}: give the "
+                             f"session the prompt's inputs (its clean pass pools them) and use the prompt query")
         if prompt_pooled is not None:  # (sum [b, d], count [b, 1]) from the session's clean pass
             self.total, self.count = (t.to(device=memory.device, dtype=torch.float32).clone() for t in prompt_pooled)
             self.pooled_upto = prompt_mask.shape[1] if prompt_mask is not None else 0
@@ -294,8 +299,9 @@ class NudgeSession:
         mask = inputs.get("attention_mask") if inputs is not None else None
         if inputs is not None and mask is None:
             mask = torch.ones_like(inputs["input_ids"])
-        pooled = self._clean_pool(lm, inputs, mask, sorted(active)) if active and inputs is not None else {}
-        self.hooks = {layer: LayerHook(m, mask, pooled.get(layer), strict) for layer, m in active.items()}
+        key_layers = sorted({m.key_layer for m in active.values()})
+        pooled = self._clean_pool(lm, inputs, mask, key_layers) if active and inputs is not None else {}
+        self.hooks = {layer: LayerHook(m, mask, pooled.get(m.key_layer), strict) for layer, m in active.items()}
         self._stack: ExitStack | None = None
 
     @staticmethod

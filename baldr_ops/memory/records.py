@@ -10,7 +10,8 @@ predecessor the log is a hash chain: deleting, reordering or replaying a line br
 (`store.MemoryStore.read_layer` finds where). Vectors travel as base64 of little-endian float32,
 which round-trips bit-exactly.
 
-Kinds: ``reference`` (the layer's clean reference: centre, reference and probe vectors),
+Kinds: ``reference`` (the layer's clean reference: centre, reference and probe vectors, and the key
+rule: key layer, key metric and that layer's reference),
 ``record`` (one memory), ``decision`` (approve or revoke a record; records are never rewritten).
 """
 
@@ -30,7 +31,9 @@ from baldr_ops.memory.identity import ModelIdentity
 from baldr_ops.memory.keys import SigningKey
 
 Kind = Literal["reference", "record", "decision"]
-KEY_RULE = "mean of positions 1.. at the layer output, minus the reference centre (v1)"
+KeyMetric = Literal["centred", "whitened"]  # how keys are compared (`keyspace`)
+KEY_RULE = ("key: mean of positions 1.. at the key layer's output minus its reference centre, compared in the "
+            "reference's key metric; value: the same at the layer (v3)")
 TRUSTED_ORIGINS = ("operator", "user")
 UNTRUSTED_ORIGINS = ("model", "tool", "web", "import")
 
@@ -79,11 +82,37 @@ class ReferenceBody(_Body):
     centre: str  # [d_model]: mean pooled state of the reference texts; keys and values are measured from it
     reference: str  # [n_reference, d_model]: the reference texts' pooled states, centred
     probes: str  # [n_probes, d_model]: generic prompts' pooled states, centred (retrieval-magnet screen)
+    # The key rule (store format v3; None in a v2 reference, whose keys are centred states at `layer`):
+    key_layer: int | None = None
+    key_metric: KeyMetric | None = None
+    # centre, reference and probes at the key layer, as above; None when key_layer == layer
+    key_centre: str | None = None
+    key_reference: str | None = None
+    key_probes: str | None = None
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         d = self.d_model
         return (decode_array(self.centre, (d,)), decode_array(self.reference, (self.n_reference, d)),
                 decode_array(self.probes, (self.n_probes, d)))
+
+    @property
+    def keyed_at(self) -> int:
+        """The layer keys are pooled at."""
+        return self.layer if self.key_layer is None else self.key_layer
+
+    def key_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Centre, reference and probes at the key layer."""
+        if self.key_centre is None:
+            return self.arrays()
+        d = self.d_model
+        return (decode_array(self.key_centre, (d,)), decode_array(self.key_reference, (self.n_reference, d)),
+                decode_array(self.key_probes, (self.n_probes, d)))
+
+    def generic_keys(self) -> np.ndarray:
+        """The generic texts (reference and probes) at the key layer, centred: what the key metric is
+        fitted to and what calibrates a key."""
+        _, reference, probes = self.key_arrays()
+        return np.concatenate([reference, probes])
 
 
 class RecordBody(_Body):
@@ -97,8 +126,12 @@ class RecordBody(_Body):
     reference_id: str
     rule: str = KEY_RULE
     d_model: int
-    key: str
-    value: str
+    key: str  # at the reference's key layer
+    value: str  # at `layer`
+    # The key's null distribution: mean and std of its relevance to the generic texts (out of
+    # sample); the calibrated threshold is mean + z * std (`keyspace`). None in a v2 record.
+    null_mean: float | None = None
+    null_std: float | None = None
     screen: dict[str, Any] = Field(default_factory=dict)
     flags: list[str] = Field(default_factory=list)  # failed screens or an untrusted origin: approval needs an override
 
@@ -191,8 +224,12 @@ def parse_entry(store_id: str, log: str, line: bytes, key: SigningKey) -> Entry:
             for vector in (parsed.key_vector(), parsed.value_vector()):
                 if not np.isfinite(vector).all():
                     raise ValueError("vector is not finite")
+            if parsed.null_std is not None and not (np.isfinite(parsed.null_std) and parsed.null_std >= 0
+                                                    and np.isfinite(parsed.null_mean)):
+                raise ValueError("calibration is not finite")
         elif isinstance(parsed, ReferenceBody):
             parsed.arrays()
+            parsed.key_arrays()
     except (ValueError, TypeError) as exc:
         entry.invalid = f"invalid {kind}: {str(exc).splitlines()[0]}"
         return entry

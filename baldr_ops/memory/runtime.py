@@ -22,9 +22,10 @@ from baldr_ops.memory.audit import AuditEntry, AuditLog, LayerAudit
 from baldr_ops.memory.config import LayerSettings
 from baldr_ops.memory.identity import identity_of, require_same_model
 from baldr_ops.memory.index import IndexFactory
+from baldr_ops.memory.keyspace import KeySpace
 from baldr_ops.memory.nudge import NudgeSession
 from baldr_ops.memory.recall import LayerMemory
-from baldr_ops.memory.records import now, sha256_text
+from baldr_ops.memory.records import ReferenceBody, now, sha256_text
 from baldr_ops.memory.store import MemoryStore, layer_file
 from baldr_ops.memory.verify import REDERIVE_TOLERANCE, rederive
 
@@ -36,14 +37,21 @@ class Exclusion:
     reason: str
 
 
-def memory_from_records(settings: LayerSettings, records, centre: np.ndarray,
+def memory_from_records(settings: LayerSettings, records, reference: ReferenceBody,
                         approximate: IndexFactory | None = None, device: torch.device | str | None = None) -> LayerMemory:
-    """The records' keys and values as a `LayerMemory` on ``device`` (the model's, for generation)."""
+    """The records' keys and values as a `LayerMemory` on ``device`` (the model's, for generation),
+    under the key rule of the layer's ``reference``."""
     ids = [r.id for r in records]
-    d = centre.shape[0]
+    d = reference.d_model
     keys = torch.from_numpy(np.stack([r.body.key_vector() for r in records])) if ids else torch.zeros(0, d)
     values = torch.from_numpy(np.stack([r.body.value_vector() for r in records])) if ids else torch.zeros(0, d)
-    return LayerMemory(settings, ids, keys, values, torch.from_numpy(centre), approximate, device=device)
+    calibrated = ids and all(r.body.null_std is not None for r in records)
+    null = (torch.tensor([r.body.null_mean for r in records], dtype=torch.float32),
+            torch.tensor([r.body.null_std for r in records], dtype=torch.float32)) if calibrated else None
+    key_centre = torch.from_numpy(reference.key_arrays()[0])
+    space = KeySpace.fit(reference.key_metric or "centred", reference.generic_keys())
+    return LayerMemory(settings, ids, keys, values, key_centre, approximate, device=device,
+                       key_layer=reference.keyed_at, key_space=space, null=null)
 
 
 class MemoryRuntime:
@@ -76,10 +84,17 @@ class MemoryRuntime:
             if state.reference is None:
                 raise UserError(f"store {store.directory} has no memories at layer {layer}",
                                 hint=f"layers with memories: {store.layers() or 'none'}; 'memory add --layer {layer}'")
+            if s.query == "running" and state.reference.keyed_at != layer:
+                raise UserError(f"layer {layer} of store {store.directory} pools its keys at layer "
+                                f"{state.reference.keyed_at}: the running query needs keys at the nudged layer",
+                                hint=f"use query=prompt for layer {layer}, or a store whose layer has "
+                                     f"--key-layer {layer}")
             records = []
             for record in state.with_status("approved"):
                 if record.body.model.weights_sha256 != store.header.model.weights_sha256:
                     excluded.append(Exclusion(layer, record.id, "made with another model"))
+                elif record.body.null_std is None and s.threshold is None:
+                    excluded.append(Exclusion(layer, record.id, "no calibration (null statistics) and no --threshold"))
                 else:
                     records.append(record)
             if rederive_records and records:
@@ -90,7 +105,7 @@ class MemoryRuntime:
                                                     f"{checks[r.id].key_error:.2e})") for r in failed]
                 records = [r for r in records if checks[r.id].ok]
             memories[layer] = memory_from_records(s.model_copy(update={"layer": layer}), records,
-                                                  state.reference.arrays()[0], approximate, device=lm.device)
+                                                  state.reference, approximate, device=lm.device)
         return cls(lm, memories, store, excluded)
 
     def disabled_reason(self) -> str | None:

@@ -3,7 +3,8 @@
 Measured against the layer's reference (the pooled states of the built-in reference texts, centred):
 
 * finite: NaN or infinite values are refused outright (never stored);
-* norm z-score: (||x|| - mean ||ref||) / std ||ref||, two-sided;
+* norm z-score: (||x|| - mean ||ref||) / std ||ref||, two-sided; it flags values only (a key's norm
+  plays no part in recall, which compares directions; its shape is screened by the next two);
 * Mahalanobis distance under a Ledoit-Wolf shrunk covariance of the reference (n << d, so the plain
   sample covariance is singular). Its limit is calibrated per layer: ``mahalanobis_factor`` times the
   largest distance a held-out reference vector reaches in 8-fold cross-validation;
@@ -13,9 +14,15 @@ Measured against the layer's reference (the pooled states of the built-in refere
   direction ~16 %), which the shrunk Mahalanobis distance, dominated by its isotropic floor when
   n << d, barely sees. Limit: ``span_factor`` times the smallest cross-validated fraction;
 * retrieval magnet: the fraction of generic probe prompts whose cosine with the key exceeds
-  ``magnet_cosine`` (a key close to many unrelated prompts would be recalled for anything);
+  ``magnet_cosine`` (a key close to many unrelated prompts would be recalled for anything); for
+  whitened keys, the probes' relevance in the key metric measured out of sample (as calibration
+  measures it) against ``magnet_relevance``;
 * near-duplicate flood: more than ``max_near_duplicates`` existing keys within
   ``near_duplicate_cosine``.
+
+When keys live at another layer than values (`keyspace`), the key is screened against the key
+layer's reference and the value against the value layer's; the magnet and near-duplicate screens
+compare keys as stored (centred, before any whitening).
 
 A failed screen is a flag on the record; a flagged record is not written unless the operator keeps
 it (``--keep-flagged``), and it is never approved without ``--override-flags``.
@@ -46,8 +53,10 @@ class ScreenReport(BaseModel):
 
     key: VectorScreen
     value: VectorScreen
-    mahalanobis_limit: float
+    mahalanobis_limit: float  # the value's (and the key's, when both live at one layer)
     span_fraction_limit: float
+    key_mahalanobis_limit: float | None = None  # the key's, when it lives at another layer
+    key_span_fraction_limit: float | None = None
     magnet_fraction: float | None = None
     near_duplicates: int = 0
     flags: list[str]
@@ -105,8 +114,11 @@ class _Whitener:
 class ReferenceScreen:
     """The screens of one layer, fitted once from its reference entry."""
 
-    def __init__(self, reference: np.ndarray, probes: np.ndarray, settings: ScreenSettings | None = None):
+    def __init__(self, reference: np.ndarray, probes: np.ndarray, settings: ScreenSettings | None = None,
+                 keys: ReferenceScreen | None = None):
+        """``keys``: the screen of the key layer, when keys live at another layer than values."""
         self.settings = settings or ScreenSettings()
+        self.keys = keys
         ref = np.asarray(reference, dtype=np.float64)
         norms = np.linalg.norm(ref, axis=1)
         self.norm_mean, self.norm_std = float(norms.mean()), float(max(norms.std(), 1e-12))
@@ -134,24 +146,32 @@ class ReferenceScreen:
         return VectorScreen(finite=True, norm=norm, norm_z=(norm - self.norm_mean) / self.norm_std,
                             mahalanobis=float(distance[0]), span_fraction=float(fraction[0]))
 
-    def screen(self, key: np.ndarray, value: np.ndarray, existing_keys: np.ndarray | None = None) -> ScreenReport:
+    def screen(self, key: np.ndarray, value: np.ndarray, existing_keys: np.ndarray | None = None,
+               probe_relevance: np.ndarray | None = None) -> ScreenReport:
+        """``probe_relevance``: the key's relevance to each probe in a whitened key metric, out of
+        sample (None: plain cosine with the probes as stored)."""
         s = self.settings
-        report = ScreenReport(key=self.vector(key), value=self.vector(value),
+        keys = self.keys or self
+        report = ScreenReport(key=keys.vector(key), value=self.vector(value),
                               mahalanobis_limit=self.mahalanobis_limit,
                               span_fraction_limit=self.span_fraction_limit, flags=[])
-        for name, part in (("key", report.key), ("value", report.value)):
+        if self.keys is not None:
+            report.key_mahalanobis_limit = keys.mahalanobis_limit
+            report.key_span_fraction_limit = keys.span_fraction_limit
+        for name, part, screen in (("key", report.key, keys), ("value", report.value, self)):
             if not part.finite:
                 report.flags.append(f"{name}-not-finite")
                 continue
-            if abs(part.norm_z) > s.norm_z_max:
+            if name == "value" and abs(part.norm_z) > s.norm_z_max:
                 report.flags.append(f"{name}-norm-outlier")
-            if part.mahalanobis > self.mahalanobis_limit:
+            if part.mahalanobis > screen.mahalanobis_limit:
                 report.flags.append(f"{name}-mahalanobis-outlier")
-            if part.span_fraction < self.span_fraction_limit:
+            if part.span_fraction < screen.span_fraction_limit:
                 report.flags.append(f"{name}-off-subspace")
         if report.key.finite and report.key.norm > 0:
             unit = np.asarray(key, dtype=np.float64) / report.key.norm
-            report.magnet_fraction = float(np.mean(self.probes @ unit > s.magnet_cosine))
+            report.magnet_fraction = float(np.mean(keys.probes @ unit > s.magnet_cosine) if probe_relevance is None
+                                           else np.mean(np.asarray(probe_relevance) > s.magnet_relevance))
             if report.magnet_fraction > s.magnet_fraction:
                 report.flags.append("retrieval-magnet")
             if existing_keys is not None and len(existing_keys):

@@ -57,7 +57,8 @@ from baldr_ops.memory.records import (
     parse_entry,
 )
 
-FORMAT = "baldr-ops memory store v2"  # v2: chained logs and signed heads
+FORMAT = "baldr-ops memory store v3"  # v2: chained logs and signed heads; v3: the key rule (key layer, metric, calibration)
+FORMAT_V2 = "baldr-ops memory store v2"  # read only by `memory migrate`
 HEADER = "store.json"
 HEADS = "heads.json"
 HEADS_FORMAT = "baldr-ops memory heads v1"
@@ -338,7 +339,10 @@ class MemoryStore:
         return store
 
     @classmethod
-    def open(cls, directory: str | os.PathLike, key: SigningKey, model: ModelIdentity | None = None) -> MemoryStore:
+    def open(cls, directory: str | os.PathLike, key: SigningKey, model: ModelIdentity | None = None, *,
+             formats: Sequence[str] = (FORMAT,)) -> MemoryStore:
+        """Open a store whose header is signed with ``key``; ``formats``: the formats accepted (a v2
+        store is opened only to migrate it)."""
         directory = Path(directory).expanduser()
         path = directory / HEADER
         if not path.is_file():
@@ -349,9 +353,11 @@ class MemoryStore:
         except (OSError, ValueError, ValidationError) as exc:
             raise UserError(f"the header {path} is unreadable or corrupt: {str(exc).splitlines()[0]}",
                             hint="the records are untouched; restore store.json from a backup") from exc
-        if header.format != FORMAT:
-            raise UserError(f"{directory} is in format {header.format!r}; this baldr-ops reads {FORMAT!r}",
-                            hint="stores of the unchained v1 format are not read: add the texts to a new store")
+        if header.format not in formats:
+            hint = ("migrate it: 'baldr-ops memory migrate --store OLD --out NEW --model M' re-derives its records "
+                    "under the v3 key rule into a new store" if header.format == FORMAT_V2 else
+                    "stores of the unchained v1 format are not read: add the texts to a new store")
+            raise UserError(f"{directory} is in format {header.format!r}; this baldr-ops reads {FORMAT!r}", hint=hint)
         if header.key_id != key.key_id:
             raise UserError(f"{directory} was signed with key id {header.key_id}; the key from {key.origin} has id "
                             f"{key.key_id}", hint="give the key the store was made with (--key-file or $BALDR_MEMORY_KEY)")

@@ -1,7 +1,8 @@
 """Checking a store: every line's signature, and (with the model) the re-derivation check.
 
 Re-derivation: activations are a deterministic function of (model, text, dtype), so a record's key
-and value are recomputed from its stored source text and compared with the stored vectors. A
+(at the layer's key layer) and value are recomputed from its stored source text and compared with the
+stored vectors, and its calibration (null mean and std) is recomputed from the recomputed key. A
 vector that does not come from its claimed text, even one signed with the right key (a compromised
 writer, a substituted file), fails with a relative error far above the tolerance (1e-4; recomputing
 a genuine record on the same machine gives 0 in the same batch, ~4e-7 batched with other texts).
@@ -17,10 +18,15 @@ from pydantic import BaseModel, ConfigDict
 from baldr_ops.memory.audit import AuditLog
 from baldr_ops.memory.derive import pooled
 from baldr_ops.memory.identity import identity_of, require_same_model
+from baldr_ops.memory.keyspace import null_statistics
 from baldr_ops.memory.store import AUDIT, LayerState, MemoryStore, RecordState
 from baldr_ops.schema import Document
 
 REDERIVE_TOLERANCE = 1e-4
+# A null mean or std off by more than this (in cosine) does not come from the record's key: the
+# threshold it gives is not the one the key earns (a forged calibration can make a record recalled
+# for anything). Recomputing a genuine record's gives differences of ~1e-6.
+CALIBRATION_TOLERANCE = 1e-3
 
 
 class RederiveResult(BaseModel):
@@ -30,25 +36,40 @@ class RederiveResult(BaseModel):
     layer: int
     key_error: float
     value_error: float
+    calibration_error: float = 0.0  # largest difference of the null mean or std (cosine units)
     ok: bool
 
 
 def rederive(lm, state: LayerState, records: Sequence[RecordState], tolerance: float = REDERIVE_TOLERANCE,
              progress: Callable[[str], None] = lambda _: None) -> list[RederiveResult]:
-    """Recompute each record's vectors from its source text at the layer and compare."""
+    """Recompute each record's vectors from its source text at the layer and its key layer, and its
+    calibration, and compare."""
     if not records:
         return []
-    centre = state.reference.arrays()[0]
-    fresh = pooled(lm, [r.body.source_text for r in records], [state.layer], progress=progress)[state.layer].numpy()
+    reference = state.reference
+    centre, key_centre = reference.arrays()[0], reference.key_arrays()[0]
+    layers = sorted({state.layer, reference.keyed_at})
+    fresh = pooled(lm, [r.body.source_text for r in records], layers, progress=progress)
+    keys = fresh[reference.keyed_at].numpy() - key_centre
+    values = fresh[state.layer].numpy() - centre
+    calibrated = [r.body.null_std is not None for r in records]
+    null_mean, null_std = (null_statistics(reference.key_metric or "centred", reference.generic_keys(), keys)
+                           if any(calibrated) else (None, None))
     out = []
-    for record, vector in zip(records, fresh, strict=True):
-        expected = vector - centre
-        scale = max(float(np.linalg.norm(expected)), 1e-12)
-        key_error = float(np.linalg.norm(record.body.key_vector() - expected)) / scale
-        value_error = float(np.linalg.norm(record.body.value_vector() - expected)) / scale
+    for i, record in enumerate(records):
+        key_error = _relative(record.body.key_vector(), keys[i])
+        value_error = _relative(record.body.value_vector(), values[i])
+        calibration_error = (max(abs(record.body.null_mean - float(null_mean[i])),
+                                 abs(record.body.null_std - float(null_std[i]))) if calibrated[i] else 0.0)
         out.append(RederiveResult(id=record.id, layer=state.layer, key_error=key_error, value_error=value_error,
-                                  ok=key_error <= tolerance and value_error <= tolerance))
+                                  calibration_error=calibration_error,
+                                  ok=key_error <= tolerance and value_error <= tolerance
+                                  and calibration_error <= CALIBRATION_TOLERANCE))
     return out
+
+
+def _relative(stored: np.ndarray, expected: np.ndarray) -> float:
+    return float(np.linalg.norm(stored - expected)) / max(float(np.linalg.norm(expected)), 1e-12)
 
 
 class LineProblem(BaseModel):

@@ -15,6 +15,11 @@ Policy, enforced here and nowhere weakened downstream:
   of the store lock: two processes adding at once, even to a new layer, both end up with usable
   records measured against the same reference;
 * every new record is quarantined: recall uses only approved records.
+
+Keys and values: a record's value is the text's pooled state at the layer minus the layer's reference
+centre; its key is the pooled state at the layer's *key layer* minus that layer's centre, with its
+null statistics for the calibrated threshold (`keyspace`). The key rule (key layer and metric) is a
+store option, fixed for a layer by its first add and recorded in the layer's reference entry.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from baldr_ops.memory import corpus
 from baldr_ops.memory.config import ScreenSettings
 from baldr_ops.memory.derive import pooled
 from baldr_ops.memory.identity import ModelIdentity, identity_of, require_same_model
+from baldr_ops.memory.keyspace import KeyRule, null_scores, rule_of
 from baldr_ops.memory.records import (
     TRUSTED_ORIGINS,
     UNTRUSTED_ORIGINS,
@@ -80,24 +86,47 @@ def check_origin(origin: str, allow_untrusted_origin: bool) -> list[str]:
     raise UserError(f"unknown origin {origin!r}", hint=f"one of: {', '.join(TRUSTED_ORIGINS + UNTRUSTED_ORIGINS)}")
 
 
-def measure_references(lm, layers: Sequence[int], progress: Callable[[str], None] = lambda _: None
-                       ) -> dict[int, ReferenceBody]:
-    """The clean reference of each layer (the built-in reference texts and probes, pooled), unwritten."""
+def measure_references(lm, layers: Sequence[int], rule: KeyRule | None = None,
+                       progress: Callable[[str], None] = lambda _: None) -> dict[int, ReferenceBody]:
+    """The clean reference of each layer (the built-in reference texts and probes, pooled at the
+    layer and at the rule's key layer), with the key rule, unwritten."""
     if not layers:
         return {}
+    rule = rule or KeyRule()
+    key_layer = lm.check_layer(rule.key_layer(lm.n_layers))
     progress(f"layer(s) {', '.join(map(str, layers))}: measuring the clean reference "
-             f"({len(corpus.REFERENCE_TEXTS)} texts, {len(corpus.PROBE_QUERIES)} probes)")
-    states = pooled(lm, list(corpus.REFERENCE_TEXTS) + list(corpus.PROBE_QUERIES), layers)
-    out = {}
-    for layer in layers:
+             f"({len(corpus.REFERENCE_TEXTS)} texts, {len(corpus.PROBE_QUERIES)} probes; "
+             f"{rule.describe(lm.n_layers)})")
+    states = pooled(lm, list(corpus.REFERENCE_TEXTS) + list(corpus.PROBE_QUERIES), sorted({*layers, key_layer}))
+
+    def split(layer: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         values = states[layer].numpy()
         ref, probes = values[:len(corpus.REFERENCE_TEXTS)], values[len(corpus.REFERENCE_TEXTS):]
         centre = ref.mean(axis=0)
+        return centre, ref - centre, probes - centre
+
+    key_parts = split(key_layer)
+    out = {}
+    for layer in layers:
+        centre, ref, probes = split(layer)
+        keyed = {} if key_layer == layer else dict(zip(("key_centre", "key_reference", "key_probes"),
+                                                       map(encode_array, key_parts), strict=True))
         out[layer] = ReferenceBody(layer=layer, corpus_sha256=corpus.corpus_fingerprint(), created_at=now(),
                                    d_model=int(ref.shape[1]), n_reference=len(ref), n_probes=len(probes),
-                                   centre=encode_array(centre), reference=encode_array(ref - centre),
-                                   probes=encode_array(probes - centre))
+                                   centre=encode_array(centre), reference=encode_array(ref),
+                                   probes=encode_array(probes), key_layer=key_layer, key_metric=rule.metric, **keyed)
     return out
+
+
+def check_rule(layer: int, reference: ReferenceBody, rule: KeyRule | None, n_layers: int) -> None:
+    """A key rule asked for (None: whatever the layer has) must be the one the layer was made with."""
+    if rule is None or reference is None:
+        return
+    have = rule_of(reference)
+    if have.key_layer(n_layers) != rule.key_layer(n_layers) or have.metric != rule.metric:
+        raise UserError(f"layer {layer} of this store has {have.describe(n_layers)}; asked for "
+                        f"{rule.describe(n_layers)}", hint="a layer's key rule is fixed by its first record: drop "
+                                                          "--key-layer/--key-metric, or use a new store")
 
 
 def _with_reference(store: MemoryStore, state: LayerState, references: dict[int, ReferenceBody]) -> ReferenceBody | None:
@@ -118,31 +147,48 @@ def _with_reference(store: MemoryStore, state: LayerState, references: dict[int,
 
 
 def screen_for(state: LayerState, settings: ScreenSettings | None = None) -> ReferenceScreen:
+    """The layer's screens: values against its reference, keys against the key layer's."""
     _, reference, probes = state.reference.arrays()
-    return ReferenceScreen(reference, probes, settings)
+    keys = None
+    if state.reference.keyed_at != state.layer:
+        _, key_reference, key_probes = state.reference.key_arrays()
+        keys = ReferenceScreen(key_reference, key_probes, settings)
+    return ReferenceScreen(reference, probes, settings, keys=keys)
 
 
 def _prepare(store: MemoryStore, state: LayerState, candidates: list[Candidate], origin: str, label: str | None,
              origin_flags: list[str], model: ModelIdentity, settings: ScreenSettings | None) -> None:
-    """Screen each candidate against the layer's reference and records; fill in its body or skip reason."""
+    """Screen and calibrate each candidate against the layer's reference and records; fill in its body
+    or skip reason."""
     screen = screen_for(state, settings)
+    reference = state.reference
     live = [r for r in state.records.values() if r.status != "revoked"]
     by_source = {r.body.source_sha256: r.id for r in live}
     keys = [r.body.key_vector() for r in live]
+    metric = reference.key_metric or "centred"
+    finite = [c for c in candidates if np.isfinite(c.key).all()]
+    # Each key's relevance to the generic texts, out of sample: its calibration, and (whitened) the
+    # probes' share of it for the magnet screen.
+    scores = dict(zip(map(id, finite), null_scores(metric, reference.generic_keys(),
+                                                   np.stack([c.key for c in finite])).T, strict=True)) if finite else {}
     for c in candidates:
         digest = sha256_text(c.text)
         if digest in by_source:
             c.skip_reason = f"already stored as {by_source[digest]}"
             continue
-        report = screen.screen(c.key, c.value, np.stack(keys) if keys else None)
-        finite = report.finite
+        null = scores.get(id(c))
+        probes = null[reference.n_reference:] if null is not None and metric == "whitened" else None
+        report = screen.screen(c.key, c.value, np.stack(keys) if keys else None, probe_relevance=probes)
+        ok = report.finite
+        null_mean, null_std = (null.mean(), null.std(ddof=1)) if null is not None else (None, None)
         c.body = RecordBody(layer=c.layer, label=label, source_text=c.text, source_sha256=digest, origin=origin,
                             created_at=now(), model=model, reference_id=state.reference_id,
                             d_model=int(c.key.shape[0]),
-                            key=encode_array(c.key) if finite else "", value=encode_array(c.value) if finite else "",
+                            key=encode_array(c.key) if ok else "", value=encode_array(c.value) if ok else "",
+                            null_mean=float(null_mean) if ok else None, null_std=float(null_std) if ok else None,
                             screen=report.model_dump(mode="json"), flags=report.flags + origin_flags)
         by_source[digest] = "(this batch)"
-        if finite:
+        if ok:
             keys.append(c.key)
 
 
@@ -181,9 +227,11 @@ def _write(store: MemoryStore, candidates: list[Candidate], references: dict[int
 
 def add_texts(store: MemoryStore, lm, texts: Sequence[str], layers: Sequence[int], *, origin: str = "operator",
               label: str | None = None, allow_untrusted_origin: bool = False, keep_flagged: bool = False,
-              screen_settings: ScreenSettings | None = None,
+              screen_settings: ScreenSettings | None = None, key_rule: KeyRule | None = None,
               progress: Callable[[str], None] = lambda _: None) -> list[AddedRecord]:
-    """Capture each text's key and value at each layer and append them, quarantined."""
+    """Capture each text's key and value at each layer and append them, quarantined. ``key_rule``:
+    for a layer's first records, its key rule (default `KeyRule()`); for a layer that has one, None or
+    the same rule."""
     origin_flags = check_origin(origin, allow_untrusted_origin)
     texts = [t.strip() for t in texts if t.strip()]
     if not texts:
@@ -192,31 +240,48 @@ def add_texts(store: MemoryStore, lm, texts: Sequence[str], layers: Sequence[int
     model = identity_of(lm)
     if not store.pending:
         require_same_model(store.header.model, model, f"store {store.directory}")
-    progress(f"capturing {len(texts)} text(s) at layer(s) {', '.join(map(str, layers))}")
-    vectors = pooled(lm, texts, layers, progress=progress)  # the model passes need no lock
+    rule = key_rule or KeyRule()
+    lm.check_layer(rule.key_layer(lm.n_layers))
+    existing = {layer: store.read_layer(layer).reference for layer in layers}
+    for layer, reference in existing.items():
+        check_rule(layer, reference, key_rule, lm.n_layers)
+    vectors: dict = {}  # layer -> pooled states of the texts; the model passes need no lock
+
+    def pooled_at(needed: Sequence[int]) -> dict:
+        missing = sorted(set(needed) - set(vectors))
+        if missing:
+            progress(f"capturing {len(texts)} text(s) at layer(s) {', '.join(map(str, missing))}")
+            vectors.update(pooled(lm, texts, missing, progress=progress))
+        return vectors
+
+    pooled_at([*layers, *(r.keyed_at if r else rule.key_layer(lm.n_layers) for r in existing.values())])
     # References for the layers that have none, measured before the lock is taken (another process
     # may write one meanwhile: then that one is used and this one dropped).
-    references = measure_references(lm, [layer for layer in layers if store.read_layer(layer).reference is None],
-                                    progress)
+    references = measure_references(lm, [layer for layer, r in existing.items() if r is None], rule, progress)
     while True:
         try:
             with store.locked():
                 states = {layer: store.read_layer(layer) for layer in layers}
                 missing = [layer for layer, state in states.items()
                            if state.reference is None and layer not in references and not state.damaged]
-                references.update(measure_references(lm, missing, progress))
+                references.update(measure_references(lm, missing, rule, progress))
                 new_references = {}
                 for layer, state in states.items():
                     reference = _with_reference(store, state, references)
                     if reference is not None:
                         new_references[layer] = reference
+                    check_rule(layer, state.reference, key_rule, lm.n_layers)
                 candidates = []
                 for layer in layers:
-                    centre = states[layer].reference.arrays()[0]
-                    layer_candidates = []
-                    for text, pooled_state in zip(texts, vectors[layer].numpy(), strict=True):
-                        vector = (pooled_state - centre).astype(np.float32)
-                        layer_candidates.append(Candidate(layer, text, vector, vector.copy()))
+                    reference = states[layer].reference
+                    key_layer = reference.keyed_at
+                    at = pooled_at([layer, key_layer])
+                    centre, key_centre = reference.arrays()[0], reference.key_arrays()[0]
+                    layer_candidates = [
+                        Candidate(layer, text, (key_state - key_centre).astype(np.float32),
+                                  (value_state - centre).astype(np.float32))
+                        for text, key_state, value_state in zip(texts, at[key_layer].numpy(), at[layer].numpy(),
+                                                                strict=True)]
                     _prepare(store, states[layer], layer_candidates, origin, label, origin_flags, model,
                              screen_settings)
                     candidates += layer_candidates
@@ -230,8 +295,9 @@ def add_vectors(store: MemoryStore, model: ModelIdentity, layer: int, key: np.nd
                 source_text: str, *, origin: str = "import", label: str | None = None,
                 allow_untrusted_origin: bool = False, keep_flagged: bool = False,
                 screen_settings: ScreenSettings | None = None) -> AddedRecord:
-    """Store vectors computed elsewhere (already centred at ``layer``) for ``source_text``. The same
-    screens apply; `verify --rederive` later checks the vectors really come from the text."""
+    """Store vectors computed elsewhere for ``source_text``: the key centred at the layer's key layer,
+    the value centred at ``layer``. The same screens and calibration apply; `verify --rederive` later
+    checks the vectors really come from the text."""
     origin_flags = check_origin(origin, allow_untrusted_origin)
     key, value = (np.asarray(v, dtype=np.float32).reshape(-1) for v in (key, value))
     if key.shape != (model.d_model,) or value.shape != (model.d_model,):

@@ -1,7 +1,10 @@
 """Memory tests need the research extra; the demo-model fixtures come from tests/research.
 
 `memory_store` is built once per session: the 16 built-in domain memories at layers 13 and 20 of
-SmolLM2, approved, labelled by domain. Tests that change a store work on `store_copy`.
+SmolLM2, approved, labelled by domain, under the default key rule (keys pooled at layer 24,
+whitened). `local_store` holds the same memories with each layer's keys at the layer itself, which
+the running query and sessions without the prompt's inputs need. Tests that change a store work on
+`store_copy` or `local_copy`.
 """
 
 from __future__ import annotations
@@ -26,27 +29,48 @@ def session_key():
     return ephemeral_key()
 
 
-@pytest.fixture(scope="session")
-def memory_store(smollm2, session_key, tmp_path_factory):
-    """(directory, key) of a store holding the built-in domain memories, approved."""
+def _build_store(lm, key, directory, rules):
     from baldr_ops.memory.domains import DOMAINS
     from baldr_ops.memory.identity import identity_of
     from baldr_ops.memory.store import MemoryStore
     from baldr_ops.memory.writer import add_texts
 
-    directory = tmp_path_factory.mktemp("memory") / "store"
-    store = MemoryStore.create(directory, identity_of(smollm2), session_key)
-    for domain in DOMAINS:
-        for added in add_texts(store, smollm2, domain.memories, LAYERS, label=domain.name):
-            store.decide(added.id, "approve")
-    return directory, session_key
+    store = MemoryStore.create(directory, identity_of(lm), key)
+    for layers, rule in rules:
+        for domain in DOMAINS:
+            for added in add_texts(store, lm, domain.memories, layers, label=domain.name, key_rule=rule):
+                store.decide(added.id, "approve")
+    return directory, key
+
+
+@pytest.fixture(scope="session")
+def memory_store(smollm2, session_key, tmp_path_factory):
+    """(directory, key) of a store holding the built-in domain memories, approved (default key rule)."""
+    return _build_store(smollm2, session_key, tmp_path_factory.mktemp("memory") / "store", [(LAYERS, None)])
+
+
+@pytest.fixture(scope="session")
+def local_store(smollm2, session_key, tmp_path_factory):
+    """The same, with each layer's keys pooled at the layer itself."""
+    from baldr_ops.memory.keyspace import KeyRule
+
+    return _build_store(smollm2, session_key, tmp_path_factory.mktemp("memory") / "local",
+                        [([layer], KeyRule(layer=layer)) for layer in LAYERS])
+
+
+def _copy(source, target):
+    from baldr_ops.memory.store import MemoryStore
+
+    directory, key = source
+    shutil.copytree(directory, target)
+    return MemoryStore.open(target, key)
 
 
 @pytest.fixture
 def store_copy(memory_store, tmp_path):
-    from baldr_ops.memory.store import MemoryStore
+    return _copy(memory_store, tmp_path / "store")
 
-    directory, key = memory_store
-    target = tmp_path / "store"
-    shutil.copytree(directory, target)
-    return MemoryStore.open(target, key)
+
+@pytest.fixture
+def local_copy(local_store, tmp_path):
+    return _copy(local_store, tmp_path / "local")

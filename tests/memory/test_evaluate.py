@@ -1,15 +1,25 @@
-"""The evaluation protocol (criterion 17) on SmolLM2, and its statistics helpers."""
+"""The evaluation protocol (criterion 17, issue 15): its statistics, how its checks judge figures
+against targets, operators' domain sets, and the protocol on SmolLM2."""
 
 from __future__ import annotations
 
+import json
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from baldr_ops.cli import main
+from baldr_ops.errors import UserError
 from baldr_ops.memory import evaluate
+from baldr_ops.memory.domains import BUILTIN, load_domain_set
 
 pytestmark = pytest.mark.research
+
+DATA = Path(__file__).parent / "data"
+HELD_OUT = [DATA / "domains-set2.json", DATA / "domains-set3.json"]
 
 
 def test_auroc_bootstrap_selectivity_helpers():
@@ -24,43 +34,165 @@ def test_auroc_bootstrap_selectivity_helpers():
     assert (sel.pairs, sel.selective) == (4, 3) and sel.low is None
     sel = evaluate.selectivity(shifts, 500, 0)  # query 0 is selective in both domains, query 1 in one
     assert sel.low == 0.5 and sel.high == 1.0
+    only = np.array([[False, False], [False, True]])  # just the pair that is not selective
+    assert evaluate.selectivity(shifts, pairs=only).selective == 0
+    assert evaluate.selectivity(shifts, pairs=only).pairs == 1
     assert evaluate.spearman([1, 2, 3, 4], [1, 2, 3, 5]).rho == pytest.approx(1.0)
     assert evaluate.spearman([1, 1], [1, 2]).rho is None
 
 
+def test_bootstrap_auroc_resamples_whole_queries():
+    labels = np.array([True, False] * 6)
+    groups = np.repeat(np.arange(6), 2)
+    perfect = evaluate.bootstrap_auroc(np.where(labels, 1.0, 0.0), labels, groups, 300, 0)
+    assert (perfect.mean, perfect.low, perfect.high) == (1.0, 1.0, 1.0)
+    noisy = np.array([0.9, 0.1, 0.8, 0.2, 0.3, 0.7, 0.6, 0.4, 0.9, 0.5, 0.2, 0.6])
+    ci = evaluate.bootstrap_auroc(noisy, labels, groups, 300, 0)
+    assert ci.low < ci.mean < ci.high and 0 <= ci.low and ci.high <= 1
+
+
+def _interval(mean, low=None, high=None):
+    return evaluate.Interval(mean=mean, low=mean if low is None else low, high=mean if high is None else high)
+
+
+def _headline(**changes):
+    good = dict(own_recall=_interval(0.95), false_recall=_interval(0.02), neutral_recall=_interval(0.0),
+                auroc=_interval(0.97),
+                selectivity_total=evaluate.Selectivity(pairs=100, selective=97, fraction=0.97, own_mean=0.01,
+                                                       other_mean=0.0, low=0.93, high=0.99),
+                selectivity_own=evaluate.Selectivity(pairs=20, selective=18, fraction=0.9, own_mean=0.01,
+                                                     other_mean=0.0, low=0.75, high=1.0),
+                perplexity_off=30.0, perplexity_on=30.6, kl_neutral=_interval(0.0))
+    return evaluate.Headline(**{**good, **changes})
+
+
+def test_targets_are_those_of_issue_15():
+    t = evaluate.Targets()
+    assert (t.own_recall, t.false_recall, t.auroc, t.selectivity, t.perplexity_ratio) == (0.9, 0.05, 0.9, 0.9, 1.05)
+
+
+def test_checks_judge_each_figure_against_its_target():
+    """Targets given here, figures made up on either side of them: each check passes or fails on its
+    own figure, and selectivity is held against its interval's lower end, not its point estimate."""
+    targets = evaluate.Targets(own_recall=0.8, false_recall=0.1, auroc=0.85, selectivity=0.7, perplexity_ratio=1.1)
+    names = ["own-domain recall", "false recall", "AUROC", "total selectivity", "perplexity"]
+
+    def verdicts(h):
+        checks = evaluate.headline_checks(h, targets)
+        assert [any(n in c.name for c in checks) for n in names] == [True] * 5
+        return {n: next(c.passed for c in checks if n in c.name) for n in names}
+
+    assert set(verdicts(_headline()).values()) == {True}
+    cases = {
+        "own-domain recall": dict(own_recall=_interval(0.75, 0.6, 0.9)),
+        "false recall": dict(false_recall=_interval(0.15, 0.05, 0.25)),
+        "AUROC": dict(auroc=_interval(0.8, 0.7, 0.9)),
+        "total selectivity": dict(selectivity_total=evaluate.Selectivity(
+            pairs=100, selective=80, fraction=0.8, own_mean=0.01, other_mean=0.0, low=0.65, high=0.9)),
+        "perplexity": dict(perplexity_on=34.0),
+    }
+    for name, change in cases.items():
+        result = verdicts(_headline(**change))
+        assert result == {n: n != name for n in names}, name
+
+
+@pytest.mark.parametrize("path", HELD_OUT, ids=lambda p: p.stem)
+def test_held_out_sets_load_and_their_queries_share_no_content_word(path):
+    """The held-out sets were written so that no query repeats a content word of its domain's memories
+    (as an operator's unseen queries would not)."""
+    stop = set("that this with from they them their then than when what which while into about after before over "
+               "under have been were will would could should your only every each some just also very more most many "
+               "such other these those where until once here first because".split())
+
+    def words(text):
+        return {w.lower() for w in re.findall(r"[A-Za-z]{4,}", text)} - stop
+
+    domain_set = load_domain_set(path)
+    assert len(domain_set.domains) == 5 and len(domain_set.queries) == 36 and domain_set.neutral_text
+    for domain in domain_set.domains:
+        memory_words = set().union(*map(words, domain.memories))
+        for query in (q for q in domain_set.queries if q.domain == domain.name):
+            assert not words(query.text) & memory_words, (domain.name, query.text)
+
+
+def test_a_bad_domain_file_is_one_line_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    import baldr_ops.cli.memory as cli
+
+    monkeypatch.setattr(cli, "load_model_from_args", lambda args: pytest.fail("the model was loaded"))
+    cases = {"missing.json": (None, "cannot read"),
+             "binary.json": (b"\xff\xfe\x00\x01", "not UTF-8"),
+             "broken.json": (b'{"domains": [', "not valid JSON"),
+             "one.json": (json.dumps({"domains": [{"name": "a", "memories": ["m"], "heldout": ["h"] * 5,
+                                                   "queries": ["q"]}]}).encode(), "domains: List should have at least 2"),
+             "field.json": (json.dumps({"domains": [{"name": "a", "memories": ["m"], "heldout": ["h"] * 5,
+                                                     "queries": [{"text": "q", "kind": "weird"}]}] * 2}).encode(),
+                            "domains.0.queries.0"),
+             "same.json": (json.dumps({"domains": [{"name": "a", "memories": ["m"], "heldout": ["h"] * 5,
+                                                    "queries": ["q"]}] * 2}).encode(), "domain names repeat")}
+    for name, (content, message) in cases.items():
+        path = tmp_path / name
+        if content is not None:
+            path.write_bytes(content)
+        assert main(["memory", "eval", "--domains", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and str(path) in err and "Traceback" not in err, err
+    with pytest.raises(UserError, match="schema_version 2"):
+        (tmp_path / "v2.json").write_text(json.dumps({"schema_version": 2, "domains": []}))
+        load_domain_set(tmp_path / "v2.json")
+
+
 @pytest.mark.slow
-def test_criterion_17_on_smollm2(smollm2, monkeypatch):
+def test_protocol_on_the_builtin_set(smollm2, monkeypatch):
+    """The built-in set is the one the key rule and the defaults were tuned on. What holds there:
+    recall is high and never fires on the neutral queries or text, retrieval separates domains,
+    selectivity is far above chance, random directions do nothing; what does not: false recall and
+    the selectivity interval (docs/memory.md, Evaluation)."""
     from baldr_ops.memory.config import PROFILE_ENV
 
     monkeypatch.delenv(PROFILE_ENV, raising=False)  # the default layer, whatever the environment names
     report = evaluate.run(smollm2)
-    checks = {c.name: c for c in report.checks}
-    assert report.layer == 13 and len(report.domains) == 4 and report.memories == 16 and report.queries >= 10
+    h = report.headline
+    assert (report.layer, report.key_layer, report.key_metric) == (13, 24, "whitened")
+    assert report.domains_sha256 == BUILTIN.fingerprint() and report.memories == 16 and report.queries == 32
     # Held-out vocabularies: derived from text the memories do not contain.
-    from baldr_ops.memory.domains import DOMAINS
-    assert not set(report.vocabularies["cooking"]) <= {w for m in DOMAINS[0].memories for w in m.lower().split()}
-    fixed = report.fixed
-    pairs = 4 * report.queries
-    assert fixed.pairs == pairs and fixed.low <= fixed.fraction <= fixed.high
-    # What holds: selectivity at fixed strength is far above chance (~50 %) over every resample of the
-    # queries (measured 109/128 = 85.2 %, 95 % interval 76-93 %). What does not hold: the 90 % target,
-    # which the interval's lower end misses; the report says so (docs/memory.md, Evaluation).
-    assert fixed.low > 0.6
-    selectivity = checks["selectivity at fixed strength (95% CI over queries)"]
-    assert selectivity.passed == (fixed.low >= 0.9) and "CI lower end" in selectivity.target
-    # Random directions of the same norm: no own-domain shift to speak of, and a small fraction of what
-    # the memories give at the same strength (whose interval lies above 0) -- noise alone cannot pass.
+    assert not set(report.vocabularies["cooking"]) <= {w for m in BUILTIN.domains[0].memories for w in m.lower().split()}
+    for i in (h.own_recall, h.false_recall, h.auroc, h.kl_neutral):
+        assert i.low <= i.mean <= i.high
+    assert h.own_recall.mean > 0.9 and h.auroc.mean > 0.9  # measured 23/24, 0.944
+    assert 0 < h.false_recall.mean < 0.25  # measured 10/72
+    # Nothing recalled on neutral input: the logits are the plain model's, so perplexity is equal.
+    assert h.neutral_recall.mean == 0 and h.kl_neutral.mean == 0 and h.perplexity_on == h.perplexity_off
+    fixed = h.selectivity_total
+    assert fixed.pairs == 4 * report.queries and fixed.low <= fixed.fraction <= fixed.high
+    assert fixed.low > 0.6  # far above chance (~50 %); measured 85.2 % [75.8, 93.0]: the 90 % target is missed
+    assert h.selectivity_own.pairs == 24
+    checks = {c.name: c for c in report.checks}
+    assert not checks["total selectivity at fixed strength (95% CI over queries)"].passed
+    assert not checks["false recall across domains"].passed and not report.passed
     assert checks["random control: own-domain shift 95% CI includes 0"].passed, report.random_control
-    assert report.own_shift_fixed.low > 0
-    assert abs(report.random_control.mean) < 0.25 * report.own_shift_fixed.mean  # measured 2 %
-    assert checks["memories against the random control, same strength"].passed
+    assert report.own_shift_fixed.low > 0 and abs(report.random_control.mean) < 0.25 * report.own_shift_fixed.mean
     assert report.dose_monotone and report.dose[0].own_mean == 0 and report.dose[0].kl_mean == 0
     assert [d.strength for d in report.dose] == [0, 0.5, 1, 2, 4]
-    for value in (report.kl_fixed, report.kl_gated, report.perplexity_base, report.perplexity_gated,
-                  report.perplexity_fixed, report.auroc):
-        assert math.isfinite(value)
-    assert 0.5 < report.auroc <= 1
-    assert report.spearman_fixed.pairs == pairs and report.spearman_fixed.rho is not None
-    assert 0 < report.spearman_gated.pairs < pairs  # only the pairs the gate let through (measured 21)
-    # Every other check passes.
-    assert [c.name for c in report.checks if c.passed is False and c is not selectivity] == []
+    assert all(b.perplexity_ratio > a.perplexity_ratio for a, b in zip(report.dose, report.dose[1:], strict=False))
+    g = report.gated
+    assert 0 < g.recalled_pairs < 4 * report.queries and 0 < g.weight_total and math.isfinite(g.kl_recalled)
+    assert report.spearman_fixed.pairs == 4 * report.queries and report.spearman_fixed.rho is not None
+
+
+@pytest.mark.slow
+def test_eval_on_an_operators_domain_file(demo_model, tmp_path, capsys):
+    """`memory eval --domains FILE` runs the protocol on the file's domains and exits 1 exactly when a
+    target is missed."""
+    small = {"domains": [
+        {"name": name, "memories": [d.memories[0], d.memories[1]], "heldout": list(d.heldout[:8]),
+         "queries": [{"text": q.text, "kind": q.kind} for q in BUILTIN.queries if q.domain == name][:2]}
+        for name, d in ((d.name, d) for d in BUILTIN.domains[:2])],
+        "neutral_queries": ["The key to success is"], "neutral_text": [BUILTIN.neutral_text[0]]}
+    path = tmp_path / "small.json"
+    path.write_text(json.dumps(small))
+    code = main(["memory", "eval", "--domains", str(path), "--seeds", "1", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["domain_set"] == "small" and report["domains"] == ["cooking", "astronomy"]
+    assert report["memories"] == 4 and report["queries"] == 5
+    missed = [c["name"] for c in report["checks"] if c["passed"] is False]
+    assert code == (1 if missed else 0)

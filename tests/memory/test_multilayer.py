@@ -2,8 +2,10 @@
 state, so switching one off leaves the other's recall bit-identical and what it adds to the residual
 the same within the per-token clip's dependence on ||h||. At the output the two nudges interact
 (the network is not linear): the other layer's effect on the next-token logits mostly keeps its
-direction (median cosine over the 16 strong queries measured 0.84 and 0.90, the two directions; a
-few prompts as low as 0.1-0.3) but not its size (median relative change 0.3-0.6 on the first 8)."""
+direction but not its size. Over the 16 strong queries, with each layer's keys at the layer itself
+the median cosine measured 0.90 and 0.91 (the two directions; a few prompts far lower); with both
+layers' keys at layer 24 (the default rule), where the two recall together from one state, 0.85 for
+layer 20's effect and 0.73 for layer 13's."""
 
 from __future__ import annotations
 
@@ -35,12 +37,13 @@ def _run(lm, runtime, layers):
     return logits[torch.arange(len(PROMPTS)), last], session, added
 
 
-def test_layers_inject_independently(memory_store, smollm2):
-    directory, key = memory_store
+@pytest.mark.parametrize("keys, direction_kept", [("local", 0.8), ("deep", 0.6)])
+def test_layers_inject_independently(memory_store, local_store, smollm2, keys, direction_kept):
+    directory, key = local_store if keys == "local" else memory_store
     from baldr_ops.memory.store import MemoryStore
 
     store = MemoryStore.open(directory, key)
-    runtime = MemoryRuntime.load(store, smollm2, [LayerSettings(layer=13),
+    runtime = MemoryRuntime.load(store, smollm2, [LayerSettings(layer=13, threshold_z=1.5),
                                                   LayerSettings(layer=20, threshold=0.2, strength=3.0, clip=0.3)])
     base, _, _ = _run(smollm2, runtime, [])
     both, s_both, added_both = _run(smollm2, runtime, [13, 20])
@@ -52,7 +55,9 @@ def test_layers_inject_independently(memory_store, smollm2):
         assert a.record_ids == b.record_ids and a.weights == b.weights and torch.equal(a.delta, b.delta)
     audits = {a.layer: a for a in s_both.entry.layers}
     assert (audits[20].threshold, audits[20].strength, audits[20].clip) == (0.2, 3.0, 0.3)
-    assert audits[13].threshold == 0.25 and audits[13].records and audits[20].records
+    # Layer 13 holds each record against its calibrated threshold, layer 20 against the fixed one given.
+    assert (audits[13].threshold, audits[13].threshold_z) == (None, 1.5) and audits[20].threshold_z is None
+    assert audits[13].records and audits[20].records
     assert audits[20].max_ratio <= 0.3 + 1e-3 and audits[13].max_ratio <= 0.5 + 1e-3
     # What each layer adds: layer 13 (upstream) exactly the same, layer 20 the same vectors with
     # the clip scaled to a slightly different ||h||.
@@ -67,4 +72,4 @@ def test_layers_inject_independently(memory_store, smollm2):
         active = effect_alone.norm(dim=-1) > 0
         assert active.any()
         cos = torch.nn.functional.cosine_similarity(effect_with[active], effect_alone[active], dim=-1)
-        assert float(cos.median()) > 0.8
+        assert float(cos.median()) > direction_kept

@@ -76,9 +76,11 @@ def test_kill_switch_and_empty_memory_are_bit_identical(store_copy, smollm2, mon
     assert torch.equal(out, clean)
 
 
-@pytest.mark.parametrize("query, clean_pass", [("prompt", True), ("running", True), ("prompt", False)])
-def test_same_greedy_tokens_with_and_without_kv_cache(store_copy, smollm2, query, clean_pass):
-    runtime = _runtime(store_copy, smollm2, query=query, threshold=0.15)
+@pytest.mark.parametrize("keys, query, clean_pass", [("deep", "prompt", True), ("local", "prompt", True),
+                                                     ("local", "running", True), ("local", "prompt", False)])
+def test_same_greedy_tokens_with_and_without_kv_cache(store_copy, local_copy, smollm2, keys, query, clean_pass):
+    store = store_copy if keys == "deep" else local_copy
+    runtime = _runtime(store, smollm2, query=query, threshold=0.15)
     inputs = smollm2.tokenize(FINANCE)
     kwargs = dict(max_new_tokens=12, do_sample=False, pad_token_id=smollm2.tokenizer.pad_token_id)
     outs, entries = {}, {}
@@ -94,7 +96,28 @@ def test_same_greedy_tokens_with_and_without_kv_cache(store_copy, smollm2, query
     assert entries[True].layers[0].tokens_nudged == entries[False].layers[0].tokens_nudged
 
 
-def test_the_hooks_pool_with_the_function_that_makes_records(store_copy, smollm2, monkeypatch):
+def test_keys_at_another_layer_need_the_prompt_query_and_its_inputs(store_copy, smollm2):
+    """With keys pooled at layer 24 and the nudge at 13, recall comes from the session's clean pass
+    at layer 24 (what writing the prompt would pool there); the running query and a session without
+    the prompt's inputs cannot pool there in time and are refused, not silently wrong."""
+    from baldr_ops.errors import UserError
+    from baldr_ops.memory import derive
+
+    inputs = smollm2.tokenize(FINANCE)
+    runtime = _runtime(store_copy, smollm2)
+    assert runtime.memories[13].key_layer == 24
+    with torch.no_grad(), runtime.session(inputs) as session:
+        hook = session.nudge.hooks[13]
+        query = hook.total / hook.count
+    states = hooks.residuals(smollm2, inputs, [24])[24]
+    assert torch.equal(query, derive.pool_states(states, inputs["attention_mask"]))
+    with pytest.raises(UserError, match="running query needs keys at the nudged layer"):
+        _runtime(store_copy, smollm2, query="running")
+    with pytest.raises(ValueError, match="give the session the prompt's inputs"), runtime.session(None):
+        pass
+
+
+def test_the_hooks_pool_with_the_function_that_makes_records(local_copy, smollm2, monkeypatch):
     """derive.pooled_sum is the one pooling rule: the session's clean pass and the hook's own
     pooling (running query) use it, so the query is exactly what writing the prompt would pool."""
     from baldr_ops.memory import derive
@@ -103,7 +126,7 @@ def test_the_hooks_pool_with_the_function_that_makes_records(store_copy, smollm2
     real = derive.pooled_sum
     monkeypatch.setattr(derive, "pooled_sum", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
     inputs = smollm2.tokenize(FINANCE)
-    runtime = _runtime(store_copy, smollm2, query="running")
+    runtime = _runtime(local_copy, smollm2, query="running")
     with torch.no_grad(), runtime.session(inputs) as session:
         hook = session.nudge.hooks[13]
         query = hook.total / hook.count  # pooled by the clean pass, before any forward
@@ -117,12 +140,12 @@ def test_the_hooks_pool_with_the_function_that_makes_records(store_copy, smollm2
 
 
 @pytest.mark.parametrize("query", ["prompt", "running"])
-def test_a_second_generation_in_one_session_is_a_clear_error(store_copy, smollm2, query):
+def test_a_second_generation_in_one_session_is_a_clear_error(local_copy, smollm2, query):
     """Its positions restart below what the hooks have seen, so the first generation's deltas would
     be applied to it: refused. A new session (or the same GenerationSession entered again) is fine."""
     from baldr_ops.memory.nudge import NudgeSession, SessionReused
 
-    runtime = _runtime(store_copy, smollm2, query=query, threshold=0.15)
+    runtime = _runtime(local_copy, smollm2, query=query, threshold=0.15)
     inputs = smollm2.tokenize(FINANCE)
     kwargs = dict(max_new_tokens=4, do_sample=False, pad_token_id=smollm2.tokenizer.pad_token_id)
     session = runtime.session(inputs, prompt=FINANCE)
@@ -152,9 +175,11 @@ def test_poisoned_memory_is_clipped_per_token(store_copy, smollm2):
     finance = next(r for r in state.records.values() if r.body.label == "finance")
     key = finance.body.key_vector()
     text = "poison " + finance.body.source_text
+    value = finance.body.value_vector()
     body = RecordBody(layer=13, label="poison", source_text=text, source_sha256=sha256_text(text), origin="operator",
                       created_at=now(), model=finance.body.model, reference_id=state.reference_id, d_model=key.size,
-                      key=encode_array(key), value=encode_array(key * 1000), flags=["value-norm-outlier"])
+                      key=encode_array(key), value=encode_array(value * 1000), null_mean=finance.body.null_mean,
+                      null_std=finance.body.null_std, flags=["value-norm-outlier"])
     (poison_id,) = store_copy.append(13, [("record", body)])
     store_copy.decide(poison_id, "approve", override_flags=True)
     clip, cap = 0.2, 0.5
@@ -176,7 +201,8 @@ def test_poisoned_memory_is_clipped_per_token(store_copy, smollm2):
     assert layer.tokens_clipped == layer.tokens_nudged > 0
 
 
-def test_generation_never_writes_memory(store_copy, smollm2, monkeypatch):
+@pytest.mark.parametrize("keys", ["deep", "local"])
+def test_generation_never_writes_memory(store_copy, local_copy, smollm2, monkeypatch, keys):
     """Every way records or decisions get written raises while memory is loaded and used for
     generation (both query modes, with and without the cache, and `ab`); the only thing written is
     one audit line per generation."""
@@ -195,9 +221,10 @@ def test_generation_never_writes_memory(store_copy, smollm2, monkeypatch):
     real = MemoryStore.append_chained
     monkeypatch.setattr(MemoryStore, "append_chained",
                         lambda self, name, *a, **k: written.append(name) or real(self, name, *a, **k))
+    store_copy = store_copy if keys == "deep" else local_copy
     files = {layer: (store_copy.directory / layer_file(layer)).read_bytes() for layer in store_copy.layers()}
-    runtime = MemoryRuntime.load(store_copy, smollm2, [LayerSettings(layer=13), LayerSettings(layer=20,
-                                                                                              query="running")])
+    runtime = MemoryRuntime.load(store_copy, smollm2, [LayerSettings(layer=13), LayerSettings(
+        layer=20, query="running" if keys == "local" else "prompt")])
     inputs = smollm2.tokenize(FINANCE)
     for use_cache in (True, False):
         with torch.no_grad(), runtime.session(inputs, prompt=FINANCE) as session:

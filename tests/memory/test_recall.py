@@ -1,5 +1,5 @@
-"""The weighting rule: w = min(cap, strength * relu(r - threshold)); fixed gate; nothing above the
-threshold recalls nothing."""
+"""The weighting rule: w = min(cap, strength * relu(r - t)) with t fixed or each record's calibrated
+threshold; relevance in the key space; fixed gate; nothing above the threshold recalls nothing."""
 
 from __future__ import annotations
 
@@ -49,7 +49,40 @@ def test_fixed_gate_ignores_relevance():
     torch.testing.assert_close(recall.delta[0], 0.5 * memory.values.sum(0))
 
 
+def test_calibrated_thresholds_are_per_record():
+    """Without a fixed threshold each record is held against its own: null mean + z null std, never
+    below 0."""
+    keys = torch.eye(4, 8)
+    values = torch.arange(32, dtype=torch.float32).view(4, 8)
+    null = (torch.tensor([0.1, 0.5, -0.9, 0.0]), torch.tensor([0.1, 0.1, 0.1, 0.0]))
+    memory = LayerMemory(LayerSettings(layer=0, strength=1.0, threshold_z=2.0, top_k=4, weight_cap=10.0),
+                         ["a", "b", "c", "d"], keys, values, torch.zeros(8), null=null)
+    q = torch.tensor([[0.5, 0.5, 0.5, 0.5, 0, 0, 0, 0]])  # cos 0.5 with every key
+    recall = memory.recall(q)
+    # thresholds 0.3, 0.7, max(0, -0.7) = 0, 0: a, c and d pass by 0.2, 0.5 and 0.5; b does not
+    assert sorted(zip(recall.record_ids[0], recall.weights[0], strict=True)) == [("a", pytest.approx(0.2)),
+                                                                    ("c", pytest.approx(0.5)),
+                                                                    ("d", pytest.approx(0.5))]
+    with pytest.raises(ValueError, match="no calibration"):
+        LayerMemory(LayerSettings(layer=0), ["a"], keys[:1], values[:1], torch.zeros(8))
+
+
+def test_queries_and_keys_meet_in_the_key_space():
+    """A key space maps keys and (centred) queries alike before the cosine."""
+    from baldr_ops.memory.keyspace import KeySpace
+
+    scale = torch.tensor([1.0, 100.0, 1.0, 1.0])
+    space = KeySpace("whitened", torch.eye(4), 1 / scale, 1.0)  # divide dimension 1 by 100
+    keys = torch.tensor([[1.0, 0, 0, 0], [0, 100.0, 0, 0]])
+    memory = LayerMemory(LayerSettings(layer=0, threshold=0.5, strength=1.0, top_k=2), ["x", "y"], keys, keys.clone(),
+                         torch.ones(4), key_space=space)
+    q = torch.tensor([[2.0, 101.0, 1.0, 1.0]])  # centred: (1, 100, 0, 0); whitened: (1, 1, 0, 0)
+    recall = memory.recall(q)
+    assert recall.record_ids == [["x", "y"]]  # plain cosine would give x only 0.01
+    assert [r for _, r in recall.top_relevance[0]] == pytest.approx([2 ** -0.5] * 2)
+
+
 def test_zero_strength_or_empty_memory_is_inactive():
-    assert not _memory(strength=0.0).recall(torch.ones(1, 8)).active
+    assert not _memory(strength=0.0, threshold=0.0).recall(torch.ones(1, 8)).active
     empty = LayerMemory(LayerSettings(layer=0), [], torch.zeros(0, 8), torch.zeros(0, 8), torch.zeros(8))
     assert empty.size == 0 and not empty.recall(torch.ones(1, 8)).active

@@ -47,7 +47,9 @@ def test_each_screen_flags_its_case(d):
     clean = _low_rank(40, basis, 1)
     assert np.mean([not screen.screen(v, v).flags for v in clean]) >= 0.95, [screen.screen(v, v).flags for v in clean]
     typical = np.linalg.norm(clean, axis=1).mean()
-    assert {"key-norm-outlier", "key-mahalanobis-outlier"} <= set(screen.screen(clean[0] * 1000, clean[0]).flags)
+    # A huge value is flagged for its norm; a huge key for its shape (its norm plays no part in recall).
+    assert {"value-norm-outlier", "value-mahalanobis-outlier"} <= set(screen.screen(clean[0], clean[0] * 1000).flags)
+    assert set(screen.screen(clean[0] * 1000, clean[0]).flags) == {"key-mahalanobis-outlier"}
     off = rng.standard_normal(d)
     off *= typical / np.linalg.norm(off)
     assert {"key-mahalanobis-outlier", "key-off-subspace"} & set(screen.screen(off, off).flags)
@@ -59,3 +61,25 @@ def test_each_screen_flags_its_case(d):
     assert report.flags == ["key-not-finite"] and not report.finite
     assert "near-duplicate-flood" in screen.screen(clean[1], clean[1], np.stack([clean[1]] * 4)).flags
     assert screen.mahalanobis_limit == pytest.approx(1.5 * screen.cv_distances.max())
+
+
+def test_keys_at_another_layer_are_screened_against_that_layer():
+    """With keys pooled elsewhere, a key is judged by the key layer's reference and a value by its own;
+    a whitened key's magnet screen reads the probes' relevance it is given."""
+    rng = np.random.default_rng(3)
+    d = 48
+    value_basis, key_basis = (np.linalg.qr(rng.standard_normal((d, 5)))[0].T for _ in range(2))
+    ref_v, ref_k = _low_rank(96, value_basis, 0), _low_rank(96, key_basis, 1)
+    keys = ReferenceScreen(ref_k - ref_k.mean(0), rng.standard_normal((10, d)))
+    screen = ReferenceScreen(ref_v - ref_v.mean(0), rng.standard_normal((10, d)), keys=keys)
+    v, k = _low_rank(1, value_basis, 2)[0], _low_rank(1, key_basis, 3)[0]
+    assert screen.screen(k, v).flags == []
+    # the value layer's kind of vector, offered as a key, is not shaped like the key layer's
+    assert {"key-off-subspace", "key-mahalanobis-outlier"} & set(screen.screen(v * np.linalg.norm(k) / np.linalg.norm(v),
+                                                                               v).flags)
+    assert screen.screen(k, v).key_mahalanobis_limit == keys.mahalanobis_limit
+    relevance = np.zeros(10)
+    assert screen.screen(k, v, probe_relevance=relevance).magnet_fraction == 0
+    relevance[:5] = 0.9  # half the probes would recall it
+    report = screen.screen(k, v, probe_relevance=relevance)
+    assert report.magnet_fraction == 0.5 and "retrieval-magnet" in report.flags

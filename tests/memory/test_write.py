@@ -56,11 +56,12 @@ def test_provenance_and_signature(memory_store, smollm2):
 def test_reload_is_bit_exact(store_copy, smollm2):
     rng = np.random.default_rng(0)
     state = store_copy.read_layer(13)
-    base = next(iter(state.records.values())).body.key_vector()
-    vector = (base + rng.standard_normal(576).astype(np.float32) * 0.01).astype(np.float32)
-    added = add_vectors(store_copy, identity_of(smollm2), 13, vector, vector, "a nearby vector", origin="operator")
+    base = next(iter(state.records.values())).body
+    key, value = ((v + rng.standard_normal(576).astype(np.float32) * 0.01).astype(np.float32)
+                  for v in (base.key_vector(), base.value_vector()))
+    added = add_vectors(store_copy, identity_of(smollm2), 13, key, value, "a nearby vector", origin="operator")
     body = store_copy.read_layer(13).records[added.id].body
-    assert body.key_vector().tobytes() == vector.tobytes() and body.value_vector().tobytes() == vector.tobytes()
+    assert body.key_vector().tobytes() == key.tobytes() and body.value_vector().tobytes() == value.tobytes()
 
 
 def test_a_modified_record_is_excluded_from_recall(store_copy, smollm2):
@@ -102,26 +103,43 @@ def test_rederivation_matches_and_catches_a_substituted_vector(store_copy, smoll
     assert any(e.what == forged_id and "re-derivation" in e.reason for e in runtime.excluded)
 
 
-def test_screens_against_the_clean_reference(store_copy, smollm2):
-    state = store_copy.read_layer(13)
+@pytest.mark.parametrize("keys", ["local", "deep"])
+def test_screens_against_the_clean_reference(store_copy, local_copy, smollm2, keys):
+    """Clean held-out memories pass; a 1000x vector, a random direction and a magnet built from an
+    attacker's own generic prompts do not. Keys at the layer itself are screened with plain cosine,
+    keys at layer 24 (whitened) with the probes' out-of-sample relevance, as the add path does."""
+    from baldr_ops.memory.keyspace import null_scores
+
+    store = local_copy if keys == "local" else store_copy
+    state = store.read_layer(13)
+    reference = state.reference
     screen = screen_for(state)
-    centre = state.reference.arrays()[0]
-    states = pooled(smollm2, CLEAN + ATTACKER_PROMPTS, [13])[13].numpy() - centre
-    clean, attacker = states[:len(CLEAN)], states[len(CLEAN):]
-    reports = [screen.screen(v, v) for v in clean]
+    centre, key_centre = reference.arrays()[0], reference.key_arrays()[0]
+    texts = CLEAN + ATTACKER_PROMPTS
+    at = pooled(smollm2, texts, sorted({13, reference.keyed_at}))
+    values, key_states = at[13].numpy() - centre, at[reference.keyed_at].numpy() - key_centre
+    clean, attacker = values[:len(CLEAN)], key_states[len(CLEAN):]
+    clean_keys = key_states[:len(CLEAN)]
+    whitened = reference.key_metric == "whitened"
+
+    def probes(k):  # what the add path gives the magnet screen
+        return null_scores("whitened", reference.generic_keys(), k)[reference.n_reference:, 0] if whitened else None
+
+    reports = [screen.screen(k, v, probe_relevance=probes(k)) for k, v in zip(clean_keys, clean, strict=True)]
     accepted = np.mean([not r.flags for r in reports])
     assert accepted >= 0.95, [(t, r.flags) for t, r in zip(CLEAN, reports, strict=True) if r.flags]
-    typical = float(np.linalg.norm(clean, axis=1).mean())
-    huge = screen.screen(clean[0] * 1000, clean[0] * 1000)
-    assert {"key-norm-outlier", "key-mahalanobis-outlier"} <= set(huge.flags)
-    limit = screen.settings.norm_z_max
-    assert huge.key.norm_z > limit and huge.key.mahalanobis > screen.mahalanobis_limit
-    direction = np.random.default_rng(1).standard_normal(576)
-    random = direction / np.linalg.norm(direction) * typical
-    assert "key-off-subspace" in screen.screen(random, random).flags
+    huge = screen.screen(clean_keys[0] * 1000, clean[0] * 1000)
+    assert {"key-mahalanobis-outlier", "value-norm-outlier", "value-mahalanobis-outlier"} <= set(huge.flags)
+    assert huge.value.norm_z > 100 and huge.value.mahalanobis > screen.mahalanobis_limit
+    rng = np.random.default_rng(1)
+    for name, vectors in (("key", clean_keys), ("value", clean)):
+        direction = rng.standard_normal(576)
+        random = direction / np.linalg.norm(direction) * float(np.linalg.norm(vectors, axis=1).mean())
+        pair = (random, clean[0]) if name == "key" else (clean_keys[0], random)
+        assert f"{name}-off-subspace" in screen.screen(*pair, probe_relevance=probes(pair[0])).flags, name
     magnet = attacker.mean(axis=0)
-    magnet = magnet / np.linalg.norm(magnet) * typical
-    assert "retrieval-magnet" in screen.screen(magnet, magnet).flags
+    magnet = magnet / np.linalg.norm(magnet) * float(np.linalg.norm(clean_keys, axis=1).mean())
+    assert "retrieval-magnet" in screen.screen(magnet, clean[0], probe_relevance=probes(magnet)).flags
 
 
 def test_bad_vectors_are_refused_and_nothing_is_lost(store_copy, smollm2):
@@ -131,7 +149,8 @@ def test_bad_vectors_are_refused_and_nothing_is_lost(store_copy, smollm2):
     nan[7] = np.nan
     with pytest.raises(UserError, match="non-finite"):
         add_vectors(store_copy, ident, 13, nan, nan, "nan", origin="operator")
-    huge = next(iter(store_copy.read_layer(13).records.values())).body.key_vector() * 1000
+    body = next(iter(store_copy.read_layer(13).records.values())).body
+    huge = body.value_vector() * 1000
     with pytest.raises(UserError, match="failed the write-time screens"):
         add_vectors(store_copy, ident, 13, huge, huge, "huge", origin="operator")
     with pytest.raises(UserError, match="576 values"):
@@ -140,7 +159,7 @@ def test_bad_vectors_are_refused_and_nothing_is_lost(store_copy, smollm2):
         add_vectors(store_copy, ident, 5, huge, huge, "new layer", origin="operator")
     assert _snapshot(store_copy.directory) == before
     kept = add_vectors(store_copy, ident, 13, huge, huge, "huge", origin="operator", keep_flagged=True)
-    assert kept.status == "quarantined" and "key-norm-outlier" in kept.flags
+    assert kept.status == "quarantined" and "value-norm-outlier" in kept.flags
     with pytest.raises(UserError, match="flagged"):
         store_copy.decide(kept.id, "approve")
 

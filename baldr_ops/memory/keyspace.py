@@ -1,0 +1,132 @@
+"""Where a layer's keys live and how a query is compared with them: the store's key rule.
+
+A record's key is the pooled state of its text at the *key layer* minus that layer's reference
+centre (the mean pooled state of the built-in reference texts); a query is pooled and centred the
+same way. The key layer need not be the layer that is nudged: on SmolLM2 pooled states at ~80 %
+depth separate domains better than at the 45 % where the nudge works (docs/memory.md, "Keys").
+
+Relevance is the cosine of the two after a linear map W, the key metric:
+
+* ``centred``: W = I (the rule of store format v2);
+* ``whitened``: W = S^-1/2, S the Ledoit-Wolf shrunk covariance (`screen.shrunk_spectrum`) of the
+  generic texts' pooled states at the key layer (the reference texts and the probe prompts). Pooled
+  residual states share a few high-variance directions every text moves along; whitening divides
+  each direction by its spread in generic text, so relevance counts how unusual the shared
+  direction is rather than how large.
+
+Calibration: each key's relevance to the generic texts, each measured out of sample (8-fold
+cross-validation: the whitening refitted without the fold), is the key's null distribution; its mean
+and standard deviation are stored with the record, and its calibrated threshold is
+``max(0, mean + z * std)`` (`calibrated_thresholds`). A key that resembles generic text (a retrieval
+magnet) gets a high threshold by construction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import get_args
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from baldr_ops.memory.records import KeyMetric, ReferenceBody
+from baldr_ops.memory.screen import shrunk_spectrum
+
+KEY_METRICS: tuple[str, ...] = get_args(KeyMetric)
+DEFAULT_KEY_METRIC: KeyMetric = "whitened"
+DEFAULT_KEY_DEPTH = 0.8  # key layer int(0.8 * n_layers) when none is given: 24 of 30 on SmolLM2
+CALIBRATION_FOLDS = 8
+
+
+def default_key_layer(n_layers: int) -> int:
+    return min(n_layers - 1, int(DEFAULT_KEY_DEPTH * n_layers))
+
+
+class KeyRule(BaseModel):
+    """A store option, fixed for a layer when it gets its first record (recorded in its reference
+    entry): the layer keys are pooled at (None: ``int(0.8 * n_layers)``) and the key metric."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    layer: int | None = None
+    metric: KeyMetric = DEFAULT_KEY_METRIC
+
+    def key_layer(self, n_layers: int) -> int:
+        return default_key_layer(n_layers) if self.layer is None else self.layer
+
+    def describe(self, n_layers: int) -> str:
+        return f"keys at layer {self.key_layer(n_layers)}, {self.metric}"
+
+
+def rule_of(reference: ReferenceBody) -> KeyRule:
+    """The key rule a layer's reference records (a v2 reference: centred keys at the layer itself)."""
+    return KeyRule(layer=reference.keyed_at, metric=reference.key_metric or "centred")
+
+
+@dataclass(frozen=True)
+class KeySpace:
+    """The map x -> W x of a key metric, for vectors already centred at the key layer. ``directions``
+    [d, r] span the generic texts, ``scales`` [r] are 1/sqrt(variance) along them, ``floor_scale`` is
+    1/sqrt(variance) in every other direction; the centred metric is the identity."""
+
+    metric: KeyMetric
+    directions: torch.Tensor | None = None
+    scales: torch.Tensor | None = None
+    floor_scale: float = 1.0
+
+    @classmethod
+    def fit(cls, metric: KeyMetric, generic: np.ndarray) -> KeySpace:
+        """From the generic texts' centred pooled states [n, d] at the key layer."""
+        if metric == "centred":
+            return cls("centred")
+        rows = np.asarray(generic, dtype=np.float64)
+        directions, variances, floor = shrunk_spectrum(rows - rows.mean(axis=0))
+        return cls("whitened", torch.from_numpy(directions).to(torch.float32),
+                   torch.from_numpy(1.0 / np.sqrt(variances)).to(torch.float32), float(1.0 / np.sqrt(floor)))
+
+    def to(self, device: torch.device | str) -> KeySpace:
+        if self.directions is None:
+            return self
+        return KeySpace(self.metric, self.directions.to(device), self.scales.to(device), self.floor_scale)
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """W x for centred vectors x [..., d] (float32, on the space's device)."""
+        if self.directions is None:
+            return x
+        along = x @ self.directions
+        return (along * self.scales) @ self.directions.T + (x - along @ self.directions.T) * self.floor_scale
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def null_scores(metric: KeyMetric, generic: np.ndarray, keys: np.ndarray, folds: int = CALIBRATION_FOLDS) -> np.ndarray:
+    """[n_generic, n_keys]: each key's relevance to each generic text (centred rows [n, d]), every
+    generic text scored by a key space fitted without its fold (out of sample)."""
+    generic = np.asarray(generic, dtype=np.float64)
+    keys_t = torch.from_numpy(np.asarray(keys, dtype=np.float64).reshape(-1, generic.shape[1]))
+    scores = torch.empty((len(generic), keys_t.shape[0]), dtype=torch.float64)
+    fold = np.arange(len(generic)) % folds
+    for f in range(folds):
+        held = fold == f
+        space = KeySpace.fit(metric, generic[~held])
+        if space.directions is not None:
+            space = KeySpace(metric, space.directions.double(), space.scales.double(), space.floor_scale)
+        scores[torch.from_numpy(held)] = _unit(space.apply(torch.from_numpy(generic[held]))) @ _unit(
+            space.apply(keys_t)).T
+    return scores.numpy()
+
+
+def null_statistics(metric: KeyMetric, generic: np.ndarray, keys: np.ndarray,
+                    folds: int = CALIBRATION_FOLDS) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation [n_keys] of `null_scores`: each key's null distribution."""
+    scores = null_scores(metric, generic, keys, folds)
+    return scores.mean(axis=0), scores.std(axis=0, ddof=1)
+
+
+def calibrated_thresholds(null_mean: torch.Tensor, null_std: torch.Tensor, z: float) -> torch.Tensor:
+    """Each record's threshold: its null mean plus ``z`` null standard deviations, never below 0 (a
+    key is never recalled by a query it is uncorrelated with, whatever its statistics say)."""
+    return (null_mean + z * null_std).clamp_min(0.0)
