@@ -22,6 +22,8 @@ DOC_URL = "docs/doctor.md#{anchor}"
 
 @dataclass
 class Check:
+    """One verdict: a check id, its status and value, the evidence and what to do."""
+
     id: str
     status: str
     value: float | int | str | None = None

@@ -9,6 +9,8 @@ from baldr_ops.system._io import read_text
 
 @dataclass
 class BuddyZone:
+    """Free blocks of one zone of one NUMA node, by order."""
+
     node: int
     zone: str
     free_blocks: list[int] = field(default_factory=list)   # index = order
@@ -16,6 +18,8 @@ class BuddyZone:
 
 @dataclass
 class BuddyInfo:
+    """/proc/buddyinfo; ``available`` False (with ``error``) when unreadable."""
+
     zones: list[BuddyZone] = field(default_factory=list)
     available: bool = False
     error: str | None = None

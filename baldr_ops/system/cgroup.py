@@ -38,6 +38,8 @@ class CgroupMemory:
 
 @dataclass
 class CgroupInfo:
+    """The cgroup hierarchy mode and the memory cgroup judged (``memory`` None with ``error``)."""
+
     mode: str                             # unified | hybrid | legacy | none | unknown
     controllers_v2: list[str] = field(default_factory=list)
     memory_v2: bool = False               # memory controller on the v2 hierarchy

@@ -32,6 +32,8 @@ def relevant(message: str) -> bool:
 
 @dataclass
 class KernelLine:
+    """One kernel-log line and its time since boot."""
+
     ts: float | None      # seconds since boot, when known
     text: str
 

@@ -11,6 +11,8 @@ from baldr_ops.system._io import capture, is_live, read_captured, read_text
 
 @dataclass
 class Mount:
+    """One line of /proc/self/mountinfo."""
+
     mount_point: str
     fstype: str
     source: str
@@ -19,6 +21,8 @@ class Mount:
 
 @dataclass
 class TmpfsUsage:
+    """A tmpfs mount's limit and use in bytes."""
+
     mount_point: str
     size_bytes: int | None     # the tmpfs limit (size=); None when unknown
     used_bytes: int | None     # None when unknown

@@ -22,12 +22,16 @@ UMA_NAME_RE = re.compile(r"GB10|Thor|Orin|Tegra|Jetson|Xavier", re.IGNORECASE)
 
 @dataclass
 class GpuProcess:
+    """A process with GPU memory, as NVML lists it."""
+
     pid: int
     used_bytes: int | None      # None: NVML gave no figure (N/A)
 
 
 @dataclass
 class NvmlDevice:
+    """One GPU as NVML answers; ``*_status`` says ok, not_supported or the error."""
+
     index: int
     name: str | None = None
     uuid: str | None = None
@@ -42,6 +46,8 @@ class NvmlDevice:
 
 @dataclass
 class NvmlInfo:
+    """NVML's answers (live or captured); ``available`` False with ``error`` when none."""
+
     available: bool = False
     error: str | None = None
     driver_version: str | None = None

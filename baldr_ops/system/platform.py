@@ -12,6 +12,8 @@ from baldr_ops.system._io import capture, is_live, read_captured, read_text
 
 @dataclass
 class PlatformInfo:
+    """Versions and facts of the machine; None where not known."""
+
     hostname: str | None = None
     kernel: str | None = None
     arch: str | None = None

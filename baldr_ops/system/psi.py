@@ -9,6 +9,8 @@ from baldr_ops.system._io import exists, read_text
 
 @dataclass
 class PsiLine:
+    """One ``some``/``full`` line: averages in percent, total stall in microseconds."""
+
     avg10: float
     avg60: float
     avg300: float

@@ -46,6 +46,8 @@ class Rates:
 
 @dataclass
 class Snapshot:
+    """Everything doctor judges, read once (``rates`` from a second sample)."""
+
     root: str
     time: float
     meminfo: MemInfo

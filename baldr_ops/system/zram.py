@@ -12,6 +12,8 @@ MM_STAT = ("orig_data_size", "compr_data_size", "mem_used_total", "mem_limit", "
 
 @dataclass
 class ZramDevice:
+    """A zram device: its size and mm_stat figures."""
+
     name: str
     disksize: int | None = None
     mm_stat: dict[str, int] = field(default_factory=dict)
@@ -19,6 +21,8 @@ class ZramDevice:
 
 @dataclass
 class SwapArea:
+    """One line of /proc/swaps, sizes in bytes."""
+
     filename: str
     kind: str
     size_bytes: int
@@ -28,6 +32,8 @@ class SwapArea:
 
 @dataclass
 class CompressedSwap:
+    """zram devices, zswap parameters and the swap areas (``swaps`` None: not readable)."""
+
     zram: list[ZramDevice] = field(default_factory=list)
     zswap: dict[str, str] = field(default_factory=dict)   # enabled, compressor, max_pool_percent, ...
     swaps: list[SwapArea] | None = None                   # None: /proc/swaps not readable

@@ -18,15 +18,23 @@ def run_cli(capsys, *argv):
     return code, out
 
 
+_children_before: set[int] = set()
+
+
 def children():
+    """Processes this test started (not a multiprocessing resource tracker an earlier test left)."""
     import psutil
 
-    return psutil.Process().children(recursive=True)
+    return [p for p in psutil.Process().children(recursive=True) if p.pid not in _children_before]
 
 
 @pytest.fixture(autouse=True)
 def _isolated_runs(tmp_path, monkeypatch):
+    import psutil
+
     monkeypatch.setenv("BALDR_RUN_DIR", str(tmp_path / "runs"))
+    _children_before.clear()
+    _children_before.update(p.pid for p in psutil.Process().children(recursive=True))
 
 
 def write_tiny_model(path, dtype="F32"):
