@@ -1,14 +1,16 @@
 """Activation memory overhead on the demo model (SmolLM2-135M-Instruct, CPU), in one run:
 greedy generation tokens/s with memory off, on (10 k records at one layer, "prompt" query: one
-recall per generation) and on with the "running" query (a recall at every step), alternated,
-medians; the ratio against off (target: at most 10 % slower); recall latency per call at 10 k
-records; the time to load and verify a 10 k-record store.
+recall per generation, keys at the default key layer 24, whitened) and on with the "running" query
+(a recall at every step; its store keys records at the nudged layer, which the running query needs),
+alternated, medians; the ratio against off (target: at most 10 % slower); recall latency per call at
+10 k records; the time to load and verify a 10 k-record store.
 
     .venv/bin/python -m bench memory          # BALDR_BENCH_THREADS (default 1) torch threads
 
 The 16 built-in domain memories are real records; 9,984 more are synthetic but realistic (random
-mixtures of real pooled states of the reference texts plus noise, so norms and directions look like
-activations), signed into a temporary store and loaded through the normal runtime.
+mixtures of real pooled states of the reference texts plus noise, at the key layer and at the layer,
+so norms and directions look like activations; calibrated as the add path calibrates), signed into
+a temporary store and loaded through the normal runtime.
 """
 
 from __future__ import annotations
@@ -27,39 +29,48 @@ PROMPT = "When interest rates go up, investors usually"
 TARGET = 1.10
 
 
-def _build_store(lm, directory):
+def _build_store(lm, directory, key_rule=None):
     import numpy as np
 
     from baldr_ops.memory.domains import DOMAINS
     from baldr_ops.memory.identity import identity_of
     from baldr_ops.memory.keys import ephemeral_key
-    from baldr_ops.memory.records import RecordBody, encode_array, now, sha256_text
+    from baldr_ops.memory.keyspace import null_statistics
+    from baldr_ops.memory.records import DecisionBody, RecordBody, encode_array, now, sha256_text
     from baldr_ops.memory.store import MemoryStore
     from baldr_ops.memory.writer import add_texts
 
     ident = identity_of(lm)
     store = MemoryStore.create(directory, ident, ephemeral_key())
     for domain in DOMAINS:
-        for added in add_texts(store, lm, domain.memories, [LAYER], label=domain.name):
+        for added in add_texts(store, lm, domain.memories, [LAYER], label=domain.name, key_rule=key_rule):
             store.decide(added.id, "approve")
     state = store.read_layer(LAYER)
-    _, reference, _ = state.reference.arrays()
+    reference = state.reference
+    _, values_ref, _ = reference.arrays()
+    _, keys_ref, _ = reference.key_arrays()
     rng = np.random.default_rng(0)
+    n = ENTRIES - len(state.records)
+
+    def synthetic(rows):
+        picks = rng.choice(len(rows), (n, 4))
+        mix = rng.dirichlet(np.ones(4), n)
+        return (np.einsum("nk,nkd->nd", mix, rows[picks]) * 2
+                + rng.standard_normal((n, rows.shape[1])) * 0.5).astype(np.float32)
+
+    keys, values = synthetic(keys_ref), synthetic(values_ref)
+    null_mean, null_std = null_statistics(reference.key_metric, reference.generic_keys(), keys)
     batch = []
-    for i in range(ENTRIES - len(state.records)):
-        mix = rng.dirichlet(np.ones(4))
-        vector = (mix @ reference[rng.choice(len(reference), 4, replace=False)] * 2
-                  + rng.standard_normal(reference.shape[1]) * 0.5).astype(np.float32)
+    for i in range(n):
         text = f"synthetic memory {i}"
         batch.append(("record", RecordBody(layer=LAYER, label="synthetic", source_text=text,
                                            source_sha256=sha256_text(text), origin="operator", created_at=now(),
-                                           model=ident, reference_id=state.reference_id, d_model=vector.size,
-                                           key=encode_array(vector), value=encode_array(vector))))
+                                           model=ident, reference_id=state.reference_id, d_model=keys.shape[1],
+                                           key=encode_array(keys[i]), value=encode_array(values[i]),
+                                           null_mean=float(null_mean[i]), null_std=float(null_std[i]))))
     ids = []
     for start in range(0, len(batch), 1000):
         ids += store.append(LAYER, batch[start:start + 1000])
-    from baldr_ops.memory.records import DecisionBody
-
     decisions = [("decision", DecisionBody(record_id=rid, decision="approve", decided_at=now())) for rid in ids]
     for start in range(0, len(decisions), 2000):
         store.append(LAYER, decisions[start:start + 2000])
@@ -91,6 +102,7 @@ def main() -> int:
 
     torch.set_num_threads(int(os.environ.get("BALDR_BENCH_THREADS", "1")))
     from baldr_ops.memory.config import LayerSettings
+    from baldr_ops.memory.keyspace import KeyRule
     from baldr_ops.memory.runtime import MemoryRuntime
     from baldr_ops.research.models import load_model
 
@@ -99,14 +111,16 @@ def main() -> int:
     kwargs = dict(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False, use_cache=True,
                   pad_token_id=lm.tokenizer.pad_token_id)
     with tempfile.TemporaryDirectory(prefix="baldr-bench-memory-") as tmp:
-        print(f"building a {ENTRIES}-record store at layer {LAYER} ...", file=sys.stderr, flush=True)
-        store = _build_store(lm, f"{tmp}/store")
-        size = sum(p.stat().st_size for p in store.directory.iterdir())
+        print(f"building two {ENTRIES}-record stores at layer {LAYER} ...", file=sys.stderr, flush=True)
+        stores = {"prompt": _build_store(lm, f"{tmp}/store"),
+                  "running": _build_store(lm, f"{tmp}/local", KeyRule(layer=LAYER))}
+        size = sum(p.stat().st_size for p in stores["prompt"].directory.iterdir())
         start = time.perf_counter()
-        runtimes = {q: MemoryRuntime.load(store, lm, [LayerSettings(layer=LAYER, query=q)])
+        runtimes = {q: MemoryRuntime.load(stores[q], lm, [LayerSettings(layer=LAYER, query=q)])
                     for q in ("prompt", "running")}
         load_s = (time.perf_counter() - start) / 2
         assert runtimes["prompt"].memories[LAYER].size == ENTRIES, runtimes["prompt"].memories[LAYER].size
+        key_layer = runtimes["prompt"].memories[LAYER].key_layer
 
         def generate(mode):
             t0 = time.perf_counter()
@@ -145,8 +159,8 @@ def main() -> int:
         hook_us = {mode: _hook_cost(lm, runtimes[mode], inputs) for mode in ("prompt", "running")}
 
     medians = {mode: statistics.median(v) for mode, v in rates.items()}
-    print(f"demo model, layer {LAYER}, {ENTRIES} records, {NEW_TOKENS} new tokens, {ROUNDS} rounds alternating, "
-          f"{torch.get_num_threads()} torch thread(s)")
+    print(f"demo model, layer {LAYER} (prompt query: keys at layer {key_layer}), {ENTRIES} records, {NEW_TOKENS} new "
+          f"tokens, {ROUNDS} rounds alternating, {torch.get_num_threads()} torch thread(s)")
     print(f"store: {size / 2**20:.1f} MiB on disk, load + verify {load_s:.2f} s")
     for mode, label in (("off", "memory off"), ("prompt", "memory on, prompt query (1 recall)"),
                         ("running", "memory on, running query (recall every step)")):

@@ -480,8 +480,10 @@ def run(lm, settings: EvalSettings | None = None, domain_set: DomainSet = BUILTI
     ppl_on = perplexity(lm, domain_set.neutral_text, _runtime(lm, everything))
     neutral_queries = [t for t, d in zip(queries, query_domain, strict=True) if d is None]
     if neutral_queries:
+        # Against the same batch without memory: rows padded to another length differ in the last bits.
         p_on, _ = next_token_probs(lm, neutral_queries, _runtime(lm, everything))
-        neutral_kl = kl(p_on, p_base[torch.from_numpy(neutral)]).numpy()
+        p_off, _ = next_token_probs(lm, neutral_queries)
+        neutral_kl = kl(p_on, p_off).numpy()
         kl_neutral = bootstrap_mean(neutral_kl, np.arange(len(neutral_kl)), settings.bootstrap, settings.seed)
     else:
         kl_neutral = Interval(mean=0.0, low=0.0, high=0.0)
