@@ -25,3 +25,11 @@ class Terminated(BaseException):
     def __init__(self, signum: int):
         super().__init__(f"terminated by signal {signum}")
         self.signum = signum
+
+
+def first_invalid_field(exc) -> tuple[str, str]:
+    """(dotted field path, message) of a pydantic ValidationError's first error, for a one-line
+    report; the message loses pydantic's "Value error, " prefix. Takes the exception duck-typed, so
+    importing this module does not import pydantic."""
+    first = exc.errors()[0]
+    return ".".join(str(p) for p in first["loc"]), first["msg"].removeprefix("Value error, ")

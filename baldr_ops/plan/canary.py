@@ -31,7 +31,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from baldr_ops.errors import UserError
+from baldr_ops.errors import UserError, first_invalid_field
 
 STOP = "\n"                 # the canary's stop sequence: its answer is one line
 MAX_TOKENS = 16
@@ -102,10 +102,9 @@ def load_canary_file(path: str | Path) -> list[Canary]:
         try:
             canaries.append(Canary.model_validate(item))
         except ValidationError as exc:
-            err = exc.errors()[0]
-            field = ".".join(str(p) for p in err["loc"])
+            field, message = first_invalid_field(exc)
             where = f"entry {number}" + (f": {field}" if field else "")
-            raise UserError(f"canary file {path}: {where}: {err['msg'].removeprefix('Value error, ')}",
+            raise UserError(f"canary file {path}: {where}: {message}",
                             hint="each entry: {\"prompt\": TEXT, \"expect\": REGEX (optional)}") from None
     return canaries
 

@@ -21,7 +21,7 @@ from baldr_ops.engines.max.bundle import plan_with_bundle
 from baldr_ops.engines.max.command import EngineOptions, ServeBinding, serve_command
 from baldr_ops.engines.max.quirks import require_max
 from baldr_ops.engines.max.registry import serve_options, supported_architectures
-from baldr_ops.errors import UserError
+from baldr_ops.errors import UserError, first_invalid_field
 from baldr_ops.models.demo import DEMO_NAME, ensure_demo_model
 from baldr_ops.models.footprint import estimate_footprint
 from baldr_ops.plan import validate
@@ -215,9 +215,9 @@ def plan_canaries(request: LaunchRequest) -> list[Canary]:
     try:
         return [Canary(prompt=prompt, expect=expect)]
     except ValidationError as exc:
-        err = exc.errors()[0]
-        what = {"prompt": "--canary-prompt", "expect": "--canary-expect"}.get(str(err["loc"][0]), "canary")
-        raise UserError(f"{what}: {err['msg'].removeprefix('Value error, ')}") from None
+        field, message = first_invalid_field(exc)
+        what = {"prompt": "--canary-prompt", "expect": "--canary-expect"}.get(field.partition(".")[0], "canary")
+        raise UserError(f"{what}: {message}") from None
 
 
 def plan_with_guard(plan: LaunchPlan, guard: GuardDecision) -> LaunchPlan:

@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from baldr_ops.errors import UserError
+from baldr_ops.errors import UserError, first_invalid_field
 
 # Best first. Tiers outside this list rank below "low".
 TIERS = ("high", "medium", "low")
@@ -188,9 +188,8 @@ class FeatureCatalog:
         try:
             record = FeatureRecord.model_validate(item)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            field = ".".join(str(p) for p in err["loc"]) or "record"
-            self.skipped.append(f"{where}: {field}: {err['msg']}")
+            field, message = first_invalid_field(exc)
+            self.skipped.append(f"{where}: {field or 'record'}: {message}")
             return
         key = (record.layer, record.feature_id)
         self.duplicates += key in self.records

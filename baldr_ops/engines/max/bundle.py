@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from baldr_ops import __version__
 from baldr_ops.engines.max.command import EngineOptions
 from baldr_ops.atomic import atomic_copy, atomic_directory, atomic_write
-from baldr_ops.errors import UserError
+from baldr_ops.errors import UserError, first_invalid_field
 from baldr_ops.paths import cache_root, modular_cache_dir
 
 SCHEMA_VERSION = 1
@@ -276,9 +276,8 @@ def read_manifest(bundle: Path) -> BundleManifest:
     try:
         manifest = BundleManifest.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise _corrupt(bundle, f"{MANIFEST_NAME} field {where}: {first['msg']}") from None
+        where, message = first_invalid_field(exc)
+        raise _corrupt(bundle, f"{MANIFEST_NAME} field {where}: {message}") from None
     if manifest.digest != manifest.compute_digest():
         raise _corrupt(bundle, f"{MANIFEST_NAME} was altered (its digest does not match its contents)")
     return manifest
