@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from baldr_ops.cli.research_args import add_model_arguments, load_model_from_args, progress, require_research_extra
-from baldr_ops.errors import UserError
+from baldr_ops.errors import UserError, first_invalid_field
 
 DESCRIPTION = """\
 Recall stored activation patterns (not text) at deep layers of a transformers causal LM and nudge
@@ -48,12 +48,15 @@ def _key_rule_arguments(p) -> None:
                         "cosine after whitening by the reference texts' covariance; centred: plain cosine, format v2)")
 
 
-def _key_rule(args):
+def _key_rule(args, lm):
+    """The key rule asked for (None: the store's or the default), its layer checked against the
+    model and counted from the end when negative."""
     from baldr_ops.memory.keyspace import KeyRule
 
     if args.key_layer is None and args.key_metric is None:
         return None
-    return KeyRule(layer=args.key_layer, **({"metric": args.key_metric} if args.key_metric else {}))
+    layer = None if args.key_layer is None else lm.check_layer(args.key_layer)
+    return KeyRule(layer=layer, **({"metric": args.key_metric} if args.key_metric else {}))
 
 
 def _json_argument(p) -> None:
@@ -215,8 +218,11 @@ def parse_layer_settings(spec: str, defaults: dict):
             name, _, value = item.partition("=")
             values[name.strip()] = value.strip()
         return LayerSettings(**values)
-    except (ValueError, ValidationError) as exc:
-        raise UserError(f"bad --layer {spec!r}: {str(exc).splitlines()[0]}", hint=LAYER_SPEC_HELP) from exc
+    except ValidationError as exc:
+        field, message = first_invalid_field(exc)
+        raise UserError(f"bad --layer {spec!r}: {field}: {message}", hint=LAYER_SPEC_HELP) from None
+    except ValueError as exc:
+        raise UserError(f"bad --layer {spec!r}: {exc}", hint=LAYER_SPEC_HELP) from None
 
 
 def _texts(args) -> list[str]:
@@ -287,9 +293,7 @@ def run_add(args) -> int:
                                       d_model=ident.d_model)
         layers = [layer]
     store = MemoryStore.open_or_create(args.store, key, ident)
-    rule = _key_rule(args)
-    if rule is not None and rule.layer is not None:
-        lm.check_layer(rule.layer)
+    rule = _key_rule(args, lm)
     records = add_texts(store, lm, texts, layers, origin=args.origin, label=args.label,
                         allow_untrusted_origin=args.allow_untrusted_origin, keep_flagged=args.keep_flagged,
                         key_rule=rule,
@@ -311,9 +315,7 @@ def run_migrate(args) -> int:
     from baldr_ops.memory.migrate import migrate_store
 
     lm = load_model_from_args(args)
-    rule = _key_rule(args)
-    if rule is not None and rule.layer is not None:
-        lm.check_layer(rule.layer)
+    rule = _key_rule(args, lm)
     report = migrate_store(args.store, args.out, key, lm, rule, progress=progress)
     lines = [f"migrated {report.source} -> {report.target} ({report.key_rule.describe(lm.n_layers)}); "
              f"{report.carried} of {len(report.records)} record(s) carried"]
@@ -439,11 +441,29 @@ def run_audit(args) -> int:
     return 0
 
 
+def _settings_defaults(args) -> dict:
+    """The settings given for every layer, checked (with any --layer specs) before the model loads."""
+    defaults = {k: v for k, v in (("strength", args.strength), ("threshold", args.threshold),
+                                  ("threshold_z", args.threshold_z), ("clip", args.clip)) if v is not None}
+    for spec in args.layer or []:
+        parse_layer_settings(spec, defaults)
+    if not args.layer:
+        from pydantic import ValidationError
+
+        from baldr_ops.memory.config import LayerSettings
+
+        try:
+            LayerSettings(layer=0, **defaults)
+        except ValidationError as exc:
+            field, message = first_invalid_field(exc)
+            raise UserError(f"--{field.replace('_', '-')}: {message}", hint=LAYER_SPEC_HELP) from None
+    return defaults
+
+
 def _runtime_from_args(args, lm, store):
     from baldr_ops.memory.runtime import MemoryRuntime
 
-    defaults = {k: v for k, v in (("strength", args.strength), ("threshold", args.threshold),
-                                  ("threshold_z", args.threshold_z), ("clip", args.clip)) if v is not None}
+    defaults = _settings_defaults(args)
     specs = args.layer or [str(layer) for layer in store.layers()]
     if not specs:
         raise UserError(f"store {store.directory} is empty", hint="'memory add' some text, then 'memory approve'")
@@ -456,6 +476,7 @@ def _runtime_from_args(args, lm, store):
 
 def run_ab(args) -> int:
     require_research_extra()
+    _settings_defaults(args)  # bad settings fail first, before the key is read or the model loads
     key = _key(args)
     from baldr_ops.memory.compare import ab
     from baldr_ops.memory.identity import identity_of

@@ -353,6 +353,9 @@ class MemoryStore:
         except (OSError, ValueError, ValidationError) as exc:
             raise UserError(f"the header {path} is unreadable or corrupt: {str(exc).splitlines()[0]}",
                             hint="the records are untouched; restore store.json from a backup") from exc
+        if header.format not in formats and header.format == FORMAT:
+            raise UserError(f"{directory} is already in format {FORMAT!r}: there is nothing to migrate",
+                            hint="use it as it is (--store)")
         if header.format not in formats:
             hint = ("migrate it: 'baldr-ops memory migrate --store OLD --out NEW --model M' re-derives its records "
                     "under the v3 key rule into a new store" if header.format == FORMAT_V2 else

@@ -87,6 +87,10 @@ def test_a_v2_store_is_migrated_not_read(smollm2, session_key, tmp_path, monkeyp
     # A target that is not empty is refused before anything is written.
     with pytest.raises(UserError, match="not an empty directory|already a memory store"):
         migrate_store(old, new, session_key, smollm2)
+    # A v3 store as the source: nothing to migrate, said as such (not "v3 is in format v3").
+    with pytest.raises(UserError, match="already in format .*v3.*nothing to migrate"):
+        migrate_store(new, tmp_path / "again", session_key, smollm2)
+    assert not (tmp_path / "again").exists()
 
 
 def test_migrate_on_the_command_line(smollm2, demo_model, session_key, tmp_path, monkeypatch, capsys):

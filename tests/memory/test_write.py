@@ -278,3 +278,16 @@ def test_a_flipped_bit_in_the_reference_line_says_the_log_is_damaged(store_copy,
         MemoryRuntime.load(store_copy, smollm2, [LayerSettings(layer=13)])
     assert "the log of layer 13 is damaged" in exc.value.message and "no memories" not in exc.value.message
     assert "restore layer-013.jsonl from a backup" in exc.value.hint
+
+
+def test_a_negative_key_layer_counts_from_the_end(smollm2):
+    """`--key-layer -1` names the last layer, as `--layer -1` does, and the rule records the index it
+    means (so the store's reference and the rule agree); out of range is one clear error."""
+    from argparse import Namespace
+
+    from baldr_ops.cli.memory import _key_rule
+
+    assert _key_rule(Namespace(key_layer=-1, key_metric=None), smollm2).layer == smollm2.n_layers - 1
+    assert _key_rule(Namespace(key_layer=None, key_metric=None), smollm2) is None
+    with pytest.raises(UserError, match="out of range"):
+        _key_rule(Namespace(key_layer=-(smollm2.n_layers + 1), key_metric="centred"), smollm2)
