@@ -256,7 +256,7 @@ def selectivity(shifts: np.ndarray, n: int = 0, seed: int = 0, pairs: np.ndarray
     (query, domain) pairs ``pairs`` [q, d] marks (default all). With ``n``, a 95 % percentile interval
     of the selective fraction, resampling whole queries ``n`` times."""
     n_domains = shifts.shape[1]
-    own = np.stack([shifts[:, d, d] for d in range(n_domains)], axis=1)
+    own = own_shifts(shifts)
     other = np.stack([np.delete(shifts[:, d, :], d, axis=1).mean(axis=1) for d in range(n_domains)], axis=1)
     pairs = np.ones(own.shape, dtype=bool) if pairs is None else pairs
     wins = (own > other) & pairs

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from baldr_ops.memory.index import unit
 from baldr_ops.memory.records import KeyMetric, ReferenceBody
 from baldr_ops.memory.screen import shrunk_spectrum
 
@@ -98,10 +99,6 @@ class KeySpace:
         return (along * self.scales) @ self.directions.T + (x - along @ self.directions.T) * self.floor_scale
 
 
-def _unit(x: torch.Tensor) -> torch.Tensor:
-    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-
-
 def null_scores(metric: KeyMetric, generic: np.ndarray, keys: np.ndarray, folds: int = CALIBRATION_FOLDS) -> np.ndarray:
     """[n_generic, n_keys]: each key's relevance to each generic text (centred rows [n, d]), every
     generic text scored by a key space fitted without its fold (out of sample)."""
@@ -114,7 +111,7 @@ def null_scores(metric: KeyMetric, generic: np.ndarray, keys: np.ndarray, folds:
         space = KeySpace.fit(metric, generic[~held])
         if space.directions is not None:
             space = KeySpace(metric, space.directions.double(), space.scales.double(), space.floor_scale)
-        scores[torch.from_numpy(held)] = _unit(space.apply(torch.from_numpy(generic[held]))) @ _unit(
+        scores[torch.from_numpy(held)] = unit(space.apply(torch.from_numpy(generic[held]))) @ unit(
             space.apply(keys_t)).T
     return scores.numpy()
 
@@ -122,7 +119,12 @@ def null_scores(metric: KeyMetric, generic: np.ndarray, keys: np.ndarray, folds:
 def null_statistics(metric: KeyMetric, generic: np.ndarray, keys: np.ndarray,
                     folds: int = CALIBRATION_FOLDS) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard deviation [n_keys] of `null_scores`: each key's null distribution."""
-    scores = null_scores(metric, generic, keys, folds)
+    return summarise_null(null_scores(metric, generic, keys, folds))
+
+
+def summarise_null(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and (sample) standard deviation over axis 0 of null scores [n_generic, ...]: what a record
+    stores as its calibration."""
     return scores.mean(axis=0), scores.std(axis=0, ddof=1)
 
 

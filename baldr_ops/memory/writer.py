@@ -35,7 +35,7 @@ from baldr_ops.memory import corpus
 from baldr_ops.memory.config import ScreenSettings
 from baldr_ops.memory.derive import pooled
 from baldr_ops.memory.identity import ModelIdentity, identity_of, require_same_model
-from baldr_ops.memory.keyspace import KeyRule, null_scores, rule_of
+from baldr_ops.memory.keyspace import KeyRule, null_scores, rule_of, summarise_null
 from baldr_ops.memory.records import (
     TRUSTED_ORIGINS,
     UNTRUSTED_ORIGINS,
@@ -180,7 +180,7 @@ def _prepare(store: MemoryStore, state: LayerState, candidates: list[Candidate],
         probes = null[reference.n_reference:] if null is not None and metric == "whitened" else None
         report = screen.screen(c.key, c.value, np.stack(keys) if keys else None, probe_relevance=probes)
         ok = report.finite
-        null_mean, null_std = (null.mean(), null.std(ddof=1)) if null is not None else (None, None)
+        null_mean, null_std = summarise_null(null) if null is not None else (None, None)
         c.body = RecordBody(layer=c.layer, label=label, source_text=c.text, source_sha256=digest, origin=origin,
                             created_at=now(), model=model, reference_id=state.reference_id,
                             d_model=int(c.key.shape[0]),
