@@ -192,7 +192,8 @@ def run_unit(args) -> int:
     from baldr_ops.launch.sdnotify import unit_file
     from baldr_ops.plan import validate
 
-    launch_args = [a for a in args.launch_args if a != "--"]
+    # Only the first `--` ends systemd-unit's own options; a later one is launch's (MAX's arguments).
+    launch_args = args.launch_args[1:] if args.launch_args[:1] == ["--"] else list(args.launch_args)
     if args.user is not None:
         validate.unix_user(args.user)
     if args.description is not None:

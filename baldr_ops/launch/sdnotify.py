@@ -53,8 +53,10 @@ def _systemd_escape(text: str) -> str:
 def unit_file(launch_args: list[str], user: str | None = None, description: str | None = None) -> str:
     """A Type=notify unit that runs `baldr-ops launch` with the given arguments. A long-lived
     service re-asks its canary every 10 minutes unless the arguments say otherwise."""
-    if not any(a == "--canary-every" or a.startswith("--canary-every=") or a == "--no-canary" for a in launch_args):
-        launch_args = [*launch_args, "--canary-every", "10m"]
+    cut = launch_args.index("--") if "--" in launch_args else len(launch_args)  # after it: MAX's arguments
+    own = launch_args[:cut]
+    if not any(a == "--canary-every" or a.startswith("--canary-every=") or a == "--no-canary" for a in own):
+        launch_args = [*own, "--canary-every", "10m", *launch_args[cut:]]
     exe = _systemd_escape(shlex.join([sys.executable, "-m", "baldr_ops", "launch", *launch_args]))
     lines = [
         "[Unit]",

@@ -110,6 +110,15 @@ def test_systemd_unit_refuses_detach(capsys):
     assert code == 2 and "foreground" in out.err
 
 
+def test_systemd_unit_keeps_launchs_own_separator(capsys, tmp_path):
+    """`launch --help` shows MAX's arguments after a second `--`; the unit must keep it (it used to
+    drop every `--`, and launch's parser then refused MAX's option)."""
+    model = write_tiny_model(tmp_path / "m")
+    code, out = run_cli(capsys, "systemd-unit", "--", "--model", str(model), "--", "--enable-prefix-caching")
+    assert code == 0, out.err
+    assert "-- --enable-prefix-caching" in out.out
+
+
 def test_status_and_stop_without_runs(capsys):
     assert run_cli(capsys, "status")[1].out.strip() == "no launches"
     code, out = run_cli(capsys, "stop", "--port", "18767")

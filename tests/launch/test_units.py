@@ -202,3 +202,6 @@ def test_unit_file_asks_the_canary_every_10_minutes_unless_told():
     assert "--canary-every 1h" in unit_file(["--model", "/m", "--canary-every", "1h"])
     assert "--canary-every 10m" not in unit_file(["--model", "/m", "--canary-every", "1h"])
     assert "--canary-every" not in unit_file(["--no-canary"])
+    # MAX's arguments after launch's `--` stay last: the added option is launch's, not MAX's.
+    assert unit_file(["--model", "/m", "--", "--enable-prefix-caching"]).count(
+        "--canary-every 10m -- --enable-prefix-caching") == 1
