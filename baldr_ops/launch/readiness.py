@@ -110,7 +110,7 @@ def ask_canary(host: str, port: int, served_name: str, canary: Canary, timeout: 
     if top_k is not None:
         body["top_k"] = top_k
     started = time.monotonic()
-    reply = requests.post(f"http://{client_host(host)}:{port}/v1/chat/completions", timeout=timeout, json=body)
+    reply = requests.post(f"{base_url(host, port)}/v1/chat/completions", timeout=timeout, json=body)
     latency = time.monotonic() - started
     reply.raise_for_status()
     choice = reply.json()["choices"][0]

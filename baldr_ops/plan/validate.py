@@ -15,9 +15,9 @@ import math
 import re
 import socket
 
+from baldr_ops.durations import MAX_S
 from baldr_ops.errors import UserError
 
-MAX_SECONDS = 7 * 86400.0
 _DEVICES = re.compile(r"cpu|gpu(:(all|[0-9]+(,[0-9]+)*))?")
 _HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
 _DOTTED = re.compile(r"[0-9.]+")
@@ -54,9 +54,9 @@ def seconds(text, what: str, allow_zero: bool = True) -> float:
         value = float(text)
     except (TypeError, ValueError):
         raise UserError(f"{what} {text!r} is not a number of seconds") from None
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero) or value > MAX_SECONDS:
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero) or value > MAX_S:
         low = "0" if allow_zero else "more than 0"
-        raise UserError(f"{what} {text} is out of range", hint=f"give {low} to {MAX_SECONDS:.0f} seconds")
+        raise UserError(f"{what} {text} is out of range", hint=f"give {low} to {MAX_S:.0f} seconds")
     return value
 
 
