@@ -147,7 +147,7 @@ def run(args) -> int:
     rundir = RunDir(request.port)
     rundir.check_usable()    # found now, but nothing written before the preflight passes
     if not args.detach and rundir.held_by_someone():
-        rundir.acquire()     # says who holds the port
+        raise rundir.held_error()  # before the preflight, and without taking (or writing) the lock
     reporter = ConsoleReporter(verbose=args.verbose)
     reporter.message("preflight")
     plan, notes = plan_launch(request, progress=reporter.message)

@@ -120,10 +120,7 @@ class RunDir:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            holder = self.read()
-            who = f" (supervisor pid {holder.supervisor_pid})" if holder and holder.supervisor_pid else ""
-            raise UserError(f"another baldr-ops launch already runs on port {self.port}{who}",
-                            hint=f"baldr-ops stop --port {self.port}, or choose another --port") from None
+            raise self.held_error() from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
@@ -152,6 +149,13 @@ class RunDir:
     def _unusable(self, exc: OSError) -> UserError:
         return UserError(f"cannot use the run directory {self.path}: {exc.strerror or exc}",
                          hint=f"{RUN_ENV} (or XDG_RUNTIME_DIR) must name a directory this user can write")
+
+    def held_error(self) -> UserError:
+        """What to say when another supervisor holds the port's lock: who, and what to do."""
+        holder = self.read()
+        who = f" (supervisor pid {holder.supervisor_pid})" if holder and holder.supervisor_pid else ""
+        return UserError(f"another baldr-ops launch already runs on port {self.port}{who}",
+                         hint=f"baldr-ops stop --port {self.port}, or choose another --port")
 
     def held_by_someone(self) -> bool:
         """True when a live supervisor holds the lock (False for us if we hold it ourselves)."""

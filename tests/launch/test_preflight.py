@@ -159,6 +159,18 @@ def test_stop_without_port_stops_the_only_running_launch(capsys, tmp_path):
         holder.kill()
 
 
+def test_launch_on_a_held_port_names_the_holder_before_preflight(capsys, tmp_path):
+    holder = _hold(tmp_path, 18774)
+    try:
+        code, out = run_cli(capsys, "launch", "--model", str(tmp_path / "no-such-model"), "--port", "18774")
+        assert code == 2 and "another baldr-ops launch already runs on port 18774" in out.err, out.err
+        assert "preflight" not in out.out and "no-such-model" not in out.err  # said before the model is read
+        assert holder.poll() is None
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_stop_without_port_among_several_asks_which(capsys, tmp_path):
     holders = [_hold(tmp_path, 18772), _hold(tmp_path, 18773)]
     try:
