@@ -103,7 +103,7 @@ CASES = [
      lambda d: (d / "file.txt").write_text("x")),
     ("model-without-config", ["launch", "--model", "{in}/empty"], 2, r"config.json is missing",
      lambda d: (d / "empty").mkdir()),
-    ("model-config-not-json", ["launch", "--model", "{in}/m"], 2, r"config.json cannot be read",
+    ("model-config-not-json", ["launch", "--model", "{in}/m"], 2, r"config.json is not valid JSON",
      lambda d: tiny_model(d, config="{not json")),
     ("model-unknown-architecture", ["launch", "--model", "{in}/m"], 2,
      r"architecture 'FooForCausalLM' \(config.json\) is not one MAX serves", lambda d: tiny_model(d, arch="FooForCausalLM")),

@@ -275,18 +275,26 @@ def _gguf_files(directory: str) -> list[str]:
 
 # ---------------------------------------------------------------- config and estimate
 
-def _load_config(directory: str) -> dict | None:
+def read_model_config(directory: str | os.PathLike) -> dict | None:
+    """A model directory's config.json as a dict; None when the directory has none."""
     path = os.path.join(directory, "config.json")
     if not os.path.isfile(path):
         return None
     try:
         with open(path, encoding="utf-8") as fh:
             cfg = json.load(fh)
-    except (OSError, ValueError, UnicodeDecodeError):
+    except OSError as exc:
+        raise UserError(f"{path} cannot be read: {exc.strerror or exc}") from None
+    except (ValueError, UnicodeDecodeError):
         raise UserError(f"{path} is not valid JSON", hint="expected a Hugging Face config.json") from None
     if not isinstance(cfg, dict):
         raise UserError(f"{path} is not a JSON object", hint="expected a Hugging Face config.json")
     return cfg
+
+
+def model_context(cfg: dict) -> int | None:
+    """The longest sequence a config.json says the model takes (also under text_config)."""
+    return _arch_from_config(cfg)["context"]
 
 
 def _int_field(cfg: dict, *keys: str) -> int | None:
@@ -326,8 +334,11 @@ def _arch_from_gguf(meta: dict) -> dict[str, int | None]:
             "vocab": get("vocab_size")}
 
 
-def estimate_footprint(path: str | os.PathLike, context_length: int | None = None, batch_size: int = 1) -> Footprint:
-    """Estimate the memory to serve the model at ``path`` (a directory, a .safetensors or a .gguf file)."""
+def estimate_footprint(path: str | os.PathLike, context_length: int | None = None, batch_size: int = 1,
+                       config: dict | None = None) -> Footprint:
+    """Estimate the memory to serve the model at ``path`` (a directory, a .safetensors or a .gguf file).
+
+    ``config``: the directory's config.json when the caller has read it already."""
     path = os.fspath(os.path.expanduser(os.fspath(path)))
     if not os.path.exists(path):
         raise UserError(f"model path {path} does not exist",
@@ -363,7 +374,7 @@ def estimate_footprint(path: str | os.PathLike, context_length: int | None = Non
                     numel *= d
                 params += numel
                 dtype_bytes[t["dtype"]] = dtype_bytes.get(t["dtype"], 0) + t["nbytes"]
-        cfg = _load_config(directory)
+        cfg = config if config is not None else read_model_config(directory)
         arch = _arch_from_config(cfg) if cfg else None
         if cfg is None:
             assumptions.append(f"no config.json in {directory}: KV cache and activations not estimated")

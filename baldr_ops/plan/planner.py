@@ -8,7 +8,6 @@ disagree about whether a model fits. `compile` plans here too (``check_ports=Fal
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ from baldr_ops.engines.max.quirks import require_max
 from baldr_ops.engines.max.registry import serve_options, supported_architectures
 from baldr_ops.errors import UserError, first_invalid_field
 from baldr_ops.models.demo import DEMO_NAME, ensure_demo_model
-from baldr_ops.models.footprint import estimate_footprint
+from baldr_ops.models.footprint import estimate_footprint, read_model_config
 from baldr_ops.plan import validate
 from baldr_ops.plan.canary import DEMO_CANARY, GENERIC_PROMPT, Canary, load_canary_file
 from baldr_ops.plan.fit import floor_bytes, judge_fit
@@ -61,21 +60,9 @@ def resolve_model(request: LaunchRequest, progress) -> tuple[Path, str, bool]:
     return path.resolve(), request.served_name or path.name, False
 
 
-def read_model_config(model_path: Path) -> dict:
-    try:
-        config = json.loads((model_path / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{model_path / 'config.json'} cannot be read: {exc}",
-                        hint="a Hugging Face model directory has a valid config.json") from None
-    if not isinstance(config, dict):
-        raise UserError(f"{model_path / 'config.json'} is not a JSON object")
-    return config
-
-
-def check_against_max(request: LaunchRequest, model_path: Path, served_name: str, progress) -> None:
+def check_against_max(request: LaunchRequest, config: dict, served_name: str, progress) -> None:
     """What MAX would refuse after tens of seconds, refused now: an architecture it does not
     serve, a --max-length beyond the model's context, an option `max serve` does not take."""
-    config = read_model_config(model_path)
     validate.model_architecture(config, supported_architectures(), served_name)
     validate.max_length(request.max_length, config, served_name)
     if any(a.startswith("--") for a in request.extra_args):
@@ -133,11 +120,12 @@ def plan_launch(request: LaunchRequest, progress=lambda _msg: None,
         raise UserError(f"port {request.port} on {request.host} is already in use",
                         hint="stop what listens there (baldr-ops status) or choose another --port")
     model_path, served_name, is_demo = resolve_model(request, progress)
-    check_against_max(request, model_path, served_name, progress)
+    config = read_model_config(model_path) or {}   # resolve_model made sure there is one
+    check_against_max(request, config, served_name, progress)
     hardware = detect_hardware()
     notes.append(f"hardware: {hardware.detail or ('GPU ' + (hardware.name or '?')) if hardware.gpu else 'no GPU'}")
     devices = request.devices or ("gpu" if hardware.gpu else "cpu")
-    footprint = estimate_footprint(model_path, context_length=request.max_length)   # the KV cache MAX will size
+    footprint = estimate_footprint(model_path, context_length=request.max_length, config=config)   # the KV cache MAX will size
     check_encoding(devices, set(footprint.dtypes), request.quantization_encoding)
     notes.append(f"model {served_name}: {footprint.summary()}")
     notes.append("memory " + check_memory(meminfo, footprint, request.floor, request.force))

@@ -17,6 +17,7 @@ import socket
 
 from baldr_ops.durations import MAX_S
 from baldr_ops.errors import UserError
+from baldr_ops.models.footprint import model_context
 
 _DEVICES = re.compile(r"cpu|gpu(:(all|[0-9]+(,[0-9]+)*))?")
 _HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
@@ -140,12 +141,12 @@ def model_architecture(config: dict, supported: set[str] | None, model: str) -> 
 
 
 def max_length(value: int | None, config: dict, model: str) -> None:
-    """``--max-length`` against the model's context (max_position_embeddings, also in text_config)."""
+    """``--max-length`` against the model's context as its config.json gives it."""
     if value is None:
         return
-    limit = config.get("max_position_embeddings") or (config.get("text_config") or {}).get("max_position_embeddings")
-    if isinstance(limit, int) and value > limit:
-        raise UserError(f"--max-length {value} exceeds {model}'s context ({limit} tokens, max_position_embeddings)",
+    limit = model_context(config)
+    if limit is not None and value > limit:
+        raise UserError(f"--max-length {value} exceeds {model}'s context ({limit} tokens)",
                         hint=f"give at most {limit}")
 
 

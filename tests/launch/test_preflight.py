@@ -194,3 +194,17 @@ def test_the_memory_plan_sizes_the_kv_cache_for_the_max_length_served(tmp_path):
         notes[length] = next(n for n in out if n.startswith("model "))
     # The tiny model's context is 16 tokens (max_position_embeddings): the default plans for it, 8 when asked.
     assert "@ 16 tokens" in notes[None] and "@ 8 tokens" in notes[8]
+
+
+@pytest.mark.parametrize("context", [{"n_positions": 16}, {"max_seq_len": 16},
+                                     {"text_config": {"max_position_embeddings": 16}}])
+def test_max_length_is_checked_against_every_spelling_of_the_context(capsys, tmp_path, context):
+    # Configs name the context max_position_embeddings, n_positions (GPT-2 style) or max_seq_len,
+    # or nest it under text_config (multimodal): each one refuses a --max-length beyond it.
+    model = write_tiny_model(tmp_path / "m")
+    config = json.loads((model / "config.json").read_text())
+    del config["max_position_embeddings"]
+    (model / "config.json").write_text(json.dumps(config | context))
+    code, out = run_cli(capsys, "launch", "--model", str(model), "--max-length", "17", "--port", "18762")
+    assert code == 2 and "--max-length 17 exceeds m's context (16 tokens)" in out.err
+    assert children() == []
