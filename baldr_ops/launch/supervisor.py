@@ -38,7 +38,6 @@ from baldr_ops.paths import blackbox_root
 from baldr_ops.plan.canary import CanaryCheck
 from baldr_ops.plan.guard import decide_guard
 from baldr_ops.plan.model import LaunchPlan
-from baldr_ops.plan.planner import plan_with_guard
 from baldr_ops.process import LogLine, PumpEnded, SignalReceived, end_session
 from baldr_ops.system.ports import port_open
 
@@ -468,7 +467,7 @@ class Supervisor:
         greedy = decide_guard("greedy", None, False)
         greedy = greedy.model_copy(update={"reason": f"fallback after the sampling self-test: {verdict.summary}; "
                                                      "every request decodes greedily"})
-        self.plan = plan_with_guard(self.plan, greedy)
+        self.plan = self.plan.with_guard(greedy)
         self.reporter.message(f"{verdict.summary}: falling back to --guard greedy and starting again")
         self._set(guard=GuardInfo(mode=greedy.mode, reason=greedy.reason), restarts=self.status.restarts + 1)
 

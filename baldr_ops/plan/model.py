@@ -91,3 +91,12 @@ class LaunchPlan(BaseModel):
     memory_cap: str | None = None
     memguard: MemGuardPlan | None = None
     supervision: Supervision = Supervision()
+
+    def with_guard(self, guard: GuardDecision) -> LaunchPlan:
+        """The same plan under another sampling guard's environment (the fallback to greedy after
+        the sampling kernel failed). MAX's command line stays as it was, so the compiled graphs are
+        the same and the restart is a warm start: greedy decoding is enforced by the entry point's
+        patch, which the environment turns on."""
+        env = {k: v for k, v in self.env.items() if k != "BALDR_GUARD"} | guard.env
+        supervision = self.supervision.model_copy(update={"sampling_selftest": False})
+        return self.model_copy(update={"env": env, "guard": guard, "supervision": supervision})

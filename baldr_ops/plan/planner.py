@@ -26,7 +26,7 @@ from baldr_ops.models.footprint import estimate_footprint, read_model_config
 from baldr_ops.plan import validate
 from baldr_ops.plan.canary import DEMO_CANARY, GENERIC_PROMPT, Canary, load_canary_file
 from baldr_ops.plan.fit import floor_bytes, judge_fit
-from baldr_ops.plan.guard import GuardDecision, decide_guard, is_affected
+from baldr_ops.plan.guard import decide_guard, is_affected
 from baldr_ops.plan.memguard import decide_memguard, guard_floors, sample_rates
 from baldr_ops.plan.model import Hardware, LaunchPlan, LaunchRequest
 from baldr_ops.system.meminfo import read_meminfo
@@ -206,13 +206,3 @@ def plan_canaries(request: LaunchRequest) -> list[Canary]:
         field, message = first_invalid_field(exc)
         what = {"prompt": "--canary-prompt", "expect": "--canary-expect"}.get(field.partition(".")[0], "canary")
         raise UserError(f"{what}: {message}") from None
-
-
-def plan_with_guard(plan: LaunchPlan, guard: GuardDecision) -> LaunchPlan:
-    """The same plan under another sampling guard's environment (the fallback to greedy after the
-    sampling kernel failed). MAX's command line stays as it was, so the compiled graphs are the
-    same and the restart is a warm start: greedy decoding is enforced by the entry point's patch,
-    which the environment turns on."""
-    env = {k: v for k, v in plan.env.items() if k != "BALDR_GUARD"} | guard.env
-    supervision = plan.supervision.model_copy(update={"sampling_selftest": False})
-    return plan.model_copy(update={"env": env, "guard": guard, "supervision": supervision})
