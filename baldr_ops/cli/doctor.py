@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from baldr_ops.cli import end_on_sigterm
+
 DESCRIPTION = """\
 Read this machine's memory signals (meminfo, PSI, vmstat, cgroups, buddyinfo, tmpfs, zram/zswap,
 kernel log, NVML), judge them against the thresholds in docs/doctor.md and say what to do.
@@ -56,7 +58,7 @@ def register(subparsers) -> None:
                       help="context length for the KV-cache estimate (default: the model's, capped at 8192)")
     plan.add_argument("--floor", default="8G", metavar="SIZE",
                       help="memory to leave to the OS on top of the model: a size or a %% of MemTotal (default 8G, as launch)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, sigterm_when_needed=True)
 
 
 def run(args) -> int:
@@ -121,6 +123,8 @@ def _run(args) -> int:
                         hint="give a black box directory (or the directory holding several)")
     if args.snapshot and args.watch:
         raise UserError("--snapshot writes one bundle; it cannot be combined with --watch")
+    if args.snapshot or args.prometheus or args.replay or args.root:
+        end_on_sigterm()   # scratch to remove on SIGTERM: an extracted bundle, a temp file before its rename
 
     footprint = None
     if args.model:

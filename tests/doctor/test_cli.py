@@ -236,3 +236,36 @@ def test_replay_of_an_archive_with_a_file_where_a_directory_goes(tmp_path):
     assert "has a file where 'proc/meminfo' needs a directory" in proc.stderr
     proc = cli("--replay", str(tmp_path))
     assert proc.returncode == 3 and "is a directory" in proc.stderr and "internal error" not in proc.stderr
+
+
+SIGTERM_DURING_EXTRACT = """
+import os, signal, sys
+import baldr_ops.system.snapshot as snapshot
+real = snapshot.extract_bundle
+def extract_then_sigterm(source, tmp):
+    root = real(source, tmp)
+    os.kill(os.getpid(), signal.SIGTERM)   # arrives while the extracted bundle is on disk
+    return root
+snapshot.extract_bundle = extract_then_sigterm
+from baldr_ops.cli import main
+sys.exit(main(["doctor", "--replay", sys.argv[1]]))
+"""
+
+
+def test_sigterm_during_a_replay_removes_the_extracted_bundle(tmp_path):
+    bundle = tmp_path / "s.tar.gz"
+    cli_json("--root", fixture("thrashing"), "--snapshot", str(bundle))
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    proc = subprocess.run([sys.executable, "-c", SIGTERM_DURING_EXTRACT, str(bundle)], cwd=REPO,
+                          env={**os.environ, "TMPDIR": str(scratch)}, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 128 + 15, proc.stderr
+    assert list(scratch.iterdir()) == []
+
+
+def test_a_plain_doctor_run_does_not_load_signal_handling():
+    # doctor's start-up budget (issue 12): a live run holds nothing to clean up on SIGTERM
+    code = ("import sys; from baldr_ops.cli import main; rc = main(['doctor', '--json', '--interval', '0']);"
+            "print('signal' in sys.modules, file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.stderr.strip().splitlines()[-1] == "False", proc.stderr
