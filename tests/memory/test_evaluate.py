@@ -19,7 +19,7 @@ from baldr_ops.memory.domains import BUILTIN, load_domain_set
 pytestmark = pytest.mark.research
 
 DATA = Path(__file__).parent / "data"
-HELD_OUT = [DATA / "domains-set2.json", DATA / "domains-set3.json"]
+HELD_OUT = [DATA / f"domains-set{n}.json" for n in (2, 3, 4, 5)]
 
 
 def test_auroc_bootstrap_selectivity_helpers():
