@@ -14,8 +14,8 @@ from baldr_ops.errors import UserError, first_invalid_field
 
 DESCRIPTION = """\
 Recall stored activation patterns (not text) at deep layers of a transformers causal LM and nudge
-generation toward them: relevance r = cosine of the pooled state and a key (at the store's key layer,
-whitened), weight = min(cap, strength * relu(r - the record's calibrated threshold)), nudge = sum of
+generation toward them: relevance r = cosine of the text's key state and a record's key (the state
+where the model is asked the text's topic, at the store's key layer, whitened), weight = min(cap, strength * relu(r - the record's calibrated threshold)), nudge = sum of
 weight * value, clipped per token to clip * ||h||.
 
 Records are captured from operator-given text only, signed with an operator-held HMAC key (never
@@ -26,7 +26,7 @@ Key: --key-file, else $BALDR_MEMORY_KEY (hex), else $BALDR_MEMORY_KEY_FILE, else
 ~/.config/baldr-ops/memory.key ('memory keygen' makes one). Design: docs/memory.md.
 """
 
-LAYER_SPEC_HELP = ("a layer, optionally with its own settings: 13 or 13:strength=1,threshold_z=2,top_k=4,"
+LAYER_SPEC_HELP = ("a layer, optionally with its own settings: 13 or 13:strength=1,threshold_z=2.5,top_k=4,"
                    "clip=0.5,weight_cap=0.5,query=prompt|running (threshold=0.2: a fixed threshold instead of the "
                    "calibrated one); repeat for several layers")
 
@@ -41,8 +41,12 @@ def _store_arguments(p, key=True) -> None:
 
 def _key_rule_arguments(p) -> None:
     p.add_argument("--key-layer", type=int, metavar="K",
-                   help="store option, fixed by a layer's first records: the layer keys are pooled at (default 80%% "
-                        "depth, 24 of 30 on the demo model)")
+                   help="store option, fixed by a layer's first records: the layer keys are read at (default: the "
+                        "second-to-last layer for topic keys, 28 of 30 on the demo model; 80%% depth for mean keys)")
+    p.add_argument("--key-pooling", choices=("topic", "mean"),
+                   help="store option, fixed by a layer's first records: how a text becomes its key (default topic: "
+                        "the state at the last token of the text followed by a question about its topic; mean: the "
+                        "mean over its tokens, format v3)")
     p.add_argument("--key-metric", choices=("whitened", "centred"),
                    help="store option, fixed by a layer's first records: how keys are compared (default whitened: "
                         "cosine after whitening by the reference texts' covariance; centred: plain cosine, format v2)")
@@ -53,10 +57,11 @@ def _key_rule(args, lm):
     model and counted from the end when negative."""
     from baldr_ops.memory.keyspace import KeyRule
 
-    if args.key_layer is None and args.key_metric is None:
+    if args.key_layer is None and args.key_metric is None and args.key_pooling is None:
         return None
     layer = None if args.key_layer is None else lm.check_layer(args.key_layer)
-    return KeyRule(layer=layer, **({"metric": args.key_metric} if args.key_metric else {}))
+    given = {"metric": args.key_metric, "pooling": args.key_pooling}
+    return KeyRule(layer=layer, **{k: v for k, v in given.items() if v is not None})
 
 
 def _json_argument(p) -> None:
@@ -71,7 +76,7 @@ def _layer_settings_arguments(p) -> None:
                                                    "(default: each record's calibrated threshold)")
     p.add_argument("--threshold-z", type=float, help="the calibrated threshold, in null standard deviations above "
                                                      "the record's null mean, for every layer without its own "
-                                                     "(default 2)")
+                                                     "(default 2.5)")
     p.add_argument("--clip", type=float, help="per-token clip as a fraction of ||h|| for every layer without its "
                                               "own (default 0.5)")
     p.add_argument("--rederive", action="store_true",
@@ -110,7 +115,7 @@ def register(subparsers) -> None:
     _json_argument(s)
     s.set_defaults(func=run_add)
 
-    s = sub.add_parser("migrate", help="re-derive a store of format v2 into a new store of format v3 (the key rule)")
+    s = sub.add_parser("migrate", help="re-derive a store of format v2 or v3 into a new store of format v4 (the key rule)")
     _store_arguments(s)
     s.add_argument("--out", required=True, metavar="DIR", help="the new store's directory (must not exist, or be empty)")
     add_model_arguments(s)
@@ -181,6 +186,7 @@ def register(subparsers) -> None:
     s.add_argument("--domains", metavar="FILE",
                    help="a JSON domain set (domains with memories, held-out sentences and queries; neutral queries "
                         "and text) to evaluate on instead of the built-in one; format in docs/memory.md")
+    _key_rule_arguments(s)
     _json_argument(s)
     s.set_defaults(func=run_eval)
     p.set_defaults(func=lambda args: (p.print_help(), 0)[1])
@@ -499,7 +505,7 @@ def run_ab(args) -> int:
               f"vocabulary share          {report.vocabulary_share_without:.1%} -> {report.vocabulary_share_with:.1%} "
               f"of generated tokens", f"vocabulary                {', '.join(report.vocabulary[:15])}"]
     for layer in report.layers:
-        lines.append(f"layer {layer.layer} (keys at layer {layer.key_layer}, threshold {layer.threshold}, "
+        lines.append(f"layer {layer.layer} ({layer.key_pooling} keys at layer {layer.key_layer}, threshold {layer.threshold}, "
                      f"strength {layer.strength}):")
         lines += [f"  r {c.relevance:+.3f}" + (f" / t {c.threshold:+.3f}" if c.threshold is not None else "")
                   + f"  w {c.weight:.3f}  {c.label or '-':10} {_short(c.text, 50)}" for c in layer.candidates]
@@ -515,11 +521,12 @@ def run_eval(args) -> int:
     from baldr_ops.memory.evaluate import EvalSettings, run
 
     lm = load_model_from_args(args)
-    report = run(lm, EvalSettings(layer=args.layer, fixed_strength=args.fixed_strength, random_seeds=args.seeds),
-                 domain_set, progress=progress)
+    rule = _key_rule(args, lm)
+    report = run(lm, EvalSettings(layer=args.layer, fixed_strength=args.fixed_strength, random_seeds=args.seeds,
+                                  **({"key_rule": rule} if rule else {})), domain_set, progress=progress)
     h = report.headline
-    lines = [f"model {report.model}, layer {report.layer} ({report.layer_source}), keys at layer {report.key_layer} "
-             f"({report.key_metric}); domain set {report.domain_set}: {len(report.domains)} domains, "
+    lines = [f"model {report.model}, layer {report.layer} ({report.layer_source}), {report.key_pooling} keys at layer "
+             f"{report.key_layer} ({report.key_metric}); domain set {report.domain_set}: {len(report.domains)} domains, "
              f"{report.memories} memories, {report.queries} queries; {report.seconds:.0f} s", ""]
     lines += [f"{'PASS' if c.passed else 'FAIL' if c.passed is False else '    '}  {c.name}: {c.value}"
               + (f"  (target {c.target})" if c.passed is not None else "") for c in report.checks]

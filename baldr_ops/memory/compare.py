@@ -15,7 +15,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from baldr_ops.memory.audit import AuditEntry
-from baldr_ops.memory.derive import pooled
+from baldr_ops.memory.derive import key_states
 from baldr_ops.memory.lexicon import lexicon
 from baldr_ops.memory.runtime import MemoryRuntime
 from baldr_ops.schema import Document
@@ -94,6 +94,7 @@ class LayerRecall(BaseModel):
 
     layer: int
     key_layer: int
+    key_pooling: str
     threshold: str  # a number, or "calibrated (z ...)"
     strength: float
     candidates: list[Candidate]
@@ -132,17 +133,22 @@ def ab(lm, runtime: MemoryRuntime, prompt: str, max_new_tokens: int = 40, chat: 
     layers, sources = [], []
     bodies = _bodies(runtime)
     missing = [layer for layer in runtime.memories if recalls.get(layer) is None and runtime.memories[layer].size]
-    key_layers = sorted({runtime.memories[layer].key_layer for layer in missing})
-    states = pooled(lm, [text], key_layers) if missing else {}
+    states = {}
+    for layer in missing:
+        memory = runtime.memories[layer]
+        key = (memory.key_layer, memory.key_pooling)
+        if key not in states:
+            states[key] = key_states(lm, [text], [memory.key_layer], memory.key_pooling)[memory.key_layer]
     for layer, memory in sorted(runtime.memories.items()):
-        recall = recalls.get(layer) or (memory.recall(states[memory.key_layer]) if layer in missing else None)
+        recall = recalls.get(layer) or (memory.recall(states[memory.key_layer, memory.key_pooling])
+                                        if layer in missing else None)
         if recall is None:
             continue
         weights = dict(zip(recall.record_ids[0], recall.weights[0], strict=True))
         cands = [Candidate(id=rid, label=bodies[rid].label, relevance=r, threshold=record_threshold(memory, rid),
                            weight=weights.get(rid, 0.0), text=bodies[rid].source_text)
                  for rid, r in recall.top_relevance[0]]
-        layers.append(LayerRecall(layer=layer, key_layer=memory.key_layer,
+        layers.append(LayerRecall(layer=layer, key_layer=memory.key_layer, key_pooling=memory.key_pooling,
                                   threshold=memory.settings.describe_threshold(),
                                   strength=memory.settings.strength, candidates=cands))
         chosen = [c for c in cands if c.weight > 0] or cands

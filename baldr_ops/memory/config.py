@@ -37,7 +37,7 @@ class LayerSettings(BaseModel):
     layer: int
     strength: float = Field(1.0, ge=0.0)
     threshold: float | None = Field(None, ge=-1.0, le=1.0)  # None: each record's calibrated threshold
-    threshold_z: float = Field(2.0, ge=-10.0, le=10.0)
+    threshold_z: float = Field(2.5, ge=-10.0, le=10.0)  # chosen on the development sets (docs/memory.md, "Keys")
     top_k: int = Field(4, ge=1, le=256)
     weight_cap: float = Field(0.5, ge=0.0)
     clip: float = Field(0.5, ge=0.0, le=4.0)
@@ -60,15 +60,21 @@ class ScreenSettings(BaseModel):
     # The Mahalanobis limit is this factor times the largest distance a held-out clean reference
     # vector reached in cross-validation (so the limit is calibrated per layer and model).
     mahalanobis_factor: float = Field(1.5, gt=0)
+    # The same for topic keys (`derive.key_states`): a domain's topic states lie further from the
+    # generic texts' than mean states do (66 clean memories of the development sets reached 1.18
+    # times the 1.5x limit at layer 28 of SmolLM2), while the distance hardly tells a random direction
+    # from a clean key there (0.74-1.50 times that limit); the span screen is what refuses random
+    # directions (clean >= 0.48 of their energy in the span, random <= 0.23).
+    topic_key_mahalanobis_factor: float = Field(2.0, gt=0)
     # A vector keeping less than this factor times the smallest cross-validated fraction of its
     # energy inside the reference span is off the clean subspace.
     span_factor: float = Field(0.5, gt=0, le=1)
     magnet_cosine: float = Field(0.3, gt=-1, lt=1)
     # The same for whitened keys (`keyspace`), whose relevance runs lower: clean held-out memories reach
-    # it for at most 7 % of the probes at key layer 24 of SmolLM2, a magnet built from generic
-    # prompts for 30 %.
+    # it for at most 7 % of the probes with mean keys at layer 24 of SmolLM2 and 15 % with topic keys
+    # at layer 28 (70 memories), a magnet built from an attacker's generic prompts for 30 % and 25 %.
     magnet_relevance: float = Field(0.15, gt=-1, lt=1)
-    magnet_fraction: float = Field(0.25, gt=0, le=1)
+    magnet_fraction: float = Field(0.2, gt=0, le=1)
     near_duplicate_cosine: float = Field(0.98, gt=0, le=1)
     max_near_duplicates: int = Field(3, ge=0)
 

@@ -45,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from baldr_ops.memory.compare import kl, next_token_probs
 from baldr_ops.memory.config import LayerSettings, default_layer
-from baldr_ops.memory.derive import pooled
+from baldr_ops.memory import derive
 from baldr_ops.memory.domains import BUILTIN, DomainSet
 from baldr_ops.memory.identity import identity_of
 from baldr_ops.memory.index import unit
@@ -189,6 +189,7 @@ class EvalReport(Document):
     layer_source: str
     key_layer: int
     key_metric: str
+    key_pooling: str
     domains: list[str]
     memories: int
     flagged_memories: list[str]  # memories a write-time screen flagged (kept for the evaluation)
@@ -381,7 +382,7 @@ def run(lm, settings: EvalSettings | None = None, domain_set: DomainSet = BUILTI
 
     # -- recall, with the default settings -------------------------------------------------------
     progress("recall")
-    key_states = pooled(lm, queries, [reference.keyed_at])[reference.keyed_at]
+    key_states = derive.key_states(lm, queries, [reference.keyed_at], reference.pooling)[reference.keyed_at]
     gated_memories = {n: domain_memory(n) for n in names}
     recalls = {n: m.recall(key_states) for n, m in gated_memories.items()}
     active = np.array([[bool(recalls[n].record_ids[q]) for n in names] for q in range(n_q)])  # [q, d]
@@ -528,6 +529,7 @@ def run(lm, settings: EvalSettings | None = None, domain_set: DomainSet = BUILTI
     return EvalReport(
         model=ident.short(), domain_set=domain_set.name, domains_sha256=domain_set.fingerprint(), layer=layer,
         layer_source=source, key_layer=reference.keyed_at, key_metric=reference.key_metric or "centred",
+        key_pooling=reference.pooling,
         domains=names, memories=sum(len(r) for r in records.values()), flagged_memories=flagged, queries=n_q,
         vocabularies={n: [lm.tokenizer.decode([i]).strip() for i in vocab[n]] for n in names}, headline=headline,
         fixed_strength=fixed_strength, own_shift_fixed=own_shift_fixed, random_control=random_control,

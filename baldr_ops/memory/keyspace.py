@@ -1,9 +1,11 @@
 """Where a layer's keys live and how a query is compared with them: the store's key rule.
 
-A record's key is the pooled state of its text at the *key layer* minus that layer's reference
-centre (the mean pooled state of the built-in reference texts); a query is pooled and centred the
-same way. The key layer need not be the layer that is nudged: on SmolLM2 pooled states at ~80 %
-depth separate domains better than at the 45 % where the nudge works (docs/memory.md, "Keys").
+A record's key is its text's state at the *key layer*, by the rule's key pooling (`derive.key_states`:
+"topic", the state where the model is asked the text's subject, or "mean", the mean over its
+tokens), minus that layer's reference centre (the same for the built-in reference texts); a query is
+read and centred the same way. The key layer need not be the layer that is nudged: on SmolLM2 topic
+states near the top (layer 28 of 30) separate unseen domains better than mean states at 80 % depth,
+and both better than at the 45 % where the nudge works (docs/memory.md, "Keys").
 
 Relevance is the cosine of the two after a linear map W, the key metric:
 
@@ -31,38 +33,45 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from baldr_ops.memory.index import unit
-from baldr_ops.memory.records import KeyMetric, ReferenceBody
+from baldr_ops.memory.records import KeyMetric, KeyPooling, ReferenceBody
 from baldr_ops.memory.screen import shrunk_spectrum
 
 KEY_METRICS: tuple[str, ...] = get_args(KeyMetric)
+KEY_POOLINGS: tuple[str, ...] = get_args(KeyPooling)
 DEFAULT_KEY_METRIC: KeyMetric = "whitened"
-DEFAULT_KEY_DEPTH = 0.8  # key layer int(0.8 * n_layers) when none is given: 24 of 30 on SmolLM2
+DEFAULT_KEY_POOLING: KeyPooling = "topic"
+DEFAULT_KEY_DEPTH = 0.8  # mean pooling: key layer int(0.8 * n_layers) when none is given, 24 of 30 on SmolLM2
 CALIBRATION_FOLDS = 8
 
 
-def default_key_layer(n_layers: int) -> int:
+def default_key_layer(n_layers: int, pooling: KeyPooling = "mean") -> int:
+    """Topic states: the second-to-last layer (the last one's state is already shaped into the next
+    token's logits); mean states: 80 % depth."""
+    if pooling == "topic":
+        return max(0, n_layers - 2)
     return min(n_layers - 1, int(DEFAULT_KEY_DEPTH * n_layers))
 
 
 class KeyRule(BaseModel):
     """A store option, fixed for a layer when it gets its first record (recorded in its reference
-    entry): the layer keys are pooled at (None: ``int(0.8 * n_layers)``) and the key metric."""
+    entry): the layer keys are read at (None: `default_key_layer`), the key pooling and the key metric."""
 
     model_config = ConfigDict(extra="forbid")
 
     layer: int | None = None
     metric: KeyMetric = DEFAULT_KEY_METRIC
+    pooling: KeyPooling = DEFAULT_KEY_POOLING
 
     def key_layer(self, n_layers: int) -> int:
-        return default_key_layer(n_layers) if self.layer is None else self.layer
+        return default_key_layer(n_layers, self.pooling) if self.layer is None else self.layer
 
     def describe(self, n_layers: int) -> str:
-        return f"keys at layer {self.key_layer(n_layers)}, {self.metric}"
+        return f"{self.pooling} keys at layer {self.key_layer(n_layers)}, {self.metric}"
 
 
 def rule_of(reference: ReferenceBody) -> KeyRule:
-    """The key rule a layer's reference records (a v2 reference: centred keys at the layer itself)."""
-    return KeyRule(layer=reference.keyed_at, metric=reference.key_metric or "centred")
+    """The key rule a layer's reference records (a v2 reference: centred mean keys at the layer itself)."""
+    return KeyRule(layer=reference.keyed_at, metric=reference.key_metric or "centred", pooling=reference.pooling)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
-"""From a store of format v2 to one of format v3: `baldr-ops memory migrate --store OLD --out NEW`.
+"""From a store of format v2 or v3 to one of format v4: `baldr-ops memory migrate --store OLD --out NEW`.
 
-A v2 record's key is its text's centred state at the nudged layer, compared by plain cosine against
-a fixed threshold; a v3 record's key follows its layer's key rule (`keyspace`: key layer, metric,
-calibration). The vectors cannot be converted, but every record keeps its source text, so the
+A v2 record's key is its text's centred mean state at the nudged layer, compared by plain cosine
+against a fixed threshold; a v3 record's key is a mean state at its layer's key layer, whitened and
+calibrated; a v4 record's key follows its layer's key rule (`keyspace`: key layer, pooling (topic by
+default), metric, calibration). The vectors cannot be converted, but every record keeps its source text, so the
 migration re-derives each one with the store's model through the normal add path (screens,
 calibration, signatures) into a new store, and leaves the old one untouched (logs are append-only,
 and a half-migrated store would be worse than none).
@@ -27,7 +28,7 @@ from baldr_ops.errors import UserError
 from baldr_ops.memory.identity import identity_of
 from baldr_ops.memory.keys import SigningKey
 from baldr_ops.memory.keyspace import KeyRule
-from baldr_ops.memory.store import FORMAT_V2, KILL_FLAG, MemoryStore
+from baldr_ops.memory.store import KILL_FLAG, MIGRATABLE, MemoryStore
 from baldr_ops.memory.verify import LineProblem
 from baldr_ops.memory.writer import UNTRUSTED_FLAG, add_texts
 from baldr_ops.schema import Document
@@ -61,10 +62,10 @@ class MigrateReport(Document):
 
 def migrate_store(source: str | Path, target: str | Path, key: SigningKey, lm, key_rule: KeyRule | None = None,
                   progress: Callable[[str], None] = lambda _: None) -> MigrateReport:
-    """Re-derive the v2 store at ``source`` into a new v3 store at ``target`` (which must not exist or
-    be empty), with ``lm``, the model the store was made with."""
+    """Re-derive the v2 or v3 store at ``source`` into a new v4 store at ``target`` (which must not
+    exist or be empty), with ``lm``, the model the store was made with."""
     ident = identity_of(lm)
-    old = MemoryStore.open(source, key, ident, formats=(FORMAT_V2,))
+    old = MemoryStore.open(source, key, ident, formats=MIGRATABLE)
     new = MemoryStore.new(target, ident, key)
     rule = key_rule or KeyRule()
     out: list[MigratedRecord] = []

@@ -9,8 +9,9 @@ its `LayerHook`:
    starts, so each layer recalls from the model's own state and not from a state a shallower
    layer's memory already moved: layers recall independently, and a nudge at one layer cannot
    pull recall at the next one toward itself. A memory whose keys live at another layer than the
-   one it nudges (`keyspace`) recalls from that layer's clean pooled state, so it needs the
-   prompt's inputs and the prompt query;
+   one it nudges, or are topic states (`keyspace`), recalls from the clean pass's state at its key
+   layer (for topic keys a pass over the prompt followed by the topic question,
+   `derive.topic_states`), so it needs the prompt's inputs and the prompt query;
 2. recalls: once, for the prompt ("prompt" query, the default: the nudge is then one fixed vector
    for the whole generation), or again at every step from the running mean of all tokens so far
    ("running"; the states of generated tokens are those the model computed, shallower nudges
@@ -107,8 +108,9 @@ class LayerHook:
         self.last_recall: Recall | None = None
         self._acc: dict[str, torch.Tensor] | None = None  # device counters, read by `finish`
         self.dtype: torch.dtype | None = None  # the hidden states' (for the clip check in `finish`)
-        if memory.key_layer != memory.layer and (prompt_pooled is None or self.running):
-            raise ValueError(f"layer {memory.layer} recalls with keys pooled at layer {memory.key_layer}: give the "
+        if (memory.key_layer != memory.layer or memory.key_pooling != "mean") and (prompt_pooled is None or
+                                                                                  self.running):
+            raise ValueError(f"layer {memory.layer} recalls with {memory.key_pooling} keys at layer {memory.key_layer}: give the "
                              f"session the prompt's inputs (its clean pass pools them) and use the prompt query")
         if prompt_pooled is not None:  # (sum [b, d], count [b, 1]) from the session's clean pass
             self.total, self.count = (t.to(device=memory.device, dtype=torch.float32).clone() for t in prompt_pooled)
@@ -299,17 +301,30 @@ class NudgeSession:
         mask = inputs.get("attention_mask") if inputs is not None else None
         if inputs is not None and mask is None:
             mask = torch.ones_like(inputs["input_ids"])
-        key_layers = sorted({m.key_layer for m in active.values()})
-        pooled = self._clean_pool(lm, inputs, mask, key_layers) if active and inputs is not None else {}
-        self.hooks = {layer: LayerHook(m, mask, pooled.get(m.key_layer), strict) for layer, m in active.items()}
+        keys = {(m.key_layer, m.key_pooling) for m in active.values()}
+        pooled = self._clean_pool(lm, inputs, mask, keys) if active and inputs is not None else {}
+        self.hooks = {layer: LayerHook(m, mask, pooled.get((m.key_layer, m.key_pooling)), strict)
+                      for layer, m in active.items()}
         self._stack: ExitStack | None = None
 
     @staticmethod
-    def _clean_pool(lm, inputs: dict, mask: torch.Tensor, layers: list[int]) -> dict:
-        """{layer: (sum, count)} of the prompt's states over its tokens after the first, unhooked."""
-        states = hooks.residuals(lm, {"input_ids": inputs["input_ids"], "attention_mask": mask}, layers)
-        weights = derive.token_weights(mask)
-        return {layer: derive.pooled_sum(hidden, weights) for layer, hidden in states.items()}
+    def _clean_pool(lm, inputs: dict, mask: torch.Tensor, keys: set[tuple[int, str]]) -> dict:
+        """{(layer, pooling): (sum, count)} of the prompt, unhooked: for mean keys its states over its
+        tokens after the first, for topic keys its topic state (count 1; 0 for a row of one token,
+        which a mean would not pool either)."""
+        inputs = {"input_ids": inputs["input_ids"], "attention_mask": mask}
+        out = {}
+        mean_layers = sorted(layer for layer, pooling in keys if pooling == "mean")
+        if mean_layers:
+            weights = derive.token_weights(mask)
+            states = hooks.residuals(lm, inputs, mean_layers)
+            out.update({(layer, "mean"): derive.pooled_sum(hidden, weights) for layer, hidden in states.items()})
+        topic_layers = sorted(layer for layer, pooling in keys if pooling == "topic")
+        if topic_layers:
+            count = (mask.sum(dim=1, keepdim=True) >= 2).to(torch.float32)
+            states = derive.topic_states(lm, inputs, topic_layers)
+            out.update({(layer, "topic"): (hidden * count.to(hidden.device), count) for layer, hidden in states.items()})
+        return out
 
     def __enter__(self) -> NudgeSession:
         if self._stack is not None:

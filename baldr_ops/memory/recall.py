@@ -78,15 +78,16 @@ class LayerMemory:
     centre and the key space live on ``device`` (give the model's: recall then runs where the model
     does).
 
-    ``keys`` [n, d] are centred at the key layer (``key_layer``, default the layer) and ``centre`` is
-    that layer's reference centre; ``key_space`` maps both keys and queries before the cosine (None:
+    ``keys`` [n, d] are centred at the key layer (``key_layer``, default the layer; read by
+    ``key_pooling``) and ``centre`` is that layer's reference centre; ``key_space`` maps both keys and queries before the cosine (None:
     the identity); ``null`` ([n] mean, [n] std) gives each record's calibrated threshold and is needed
     when the settings name no ``threshold``."""
 
     def __init__(self, settings: LayerSettings, record_ids: list[str], keys: torch.Tensor, values: torch.Tensor,
                  centre: torch.Tensor, approximate: IndexFactory | None = None,
                  device: torch.device | str | None = None, *, key_layer: int | None = None,
-                 key_space: KeySpace | None = None, null: tuple[torch.Tensor, torch.Tensor] | None = None):
+                 key_pooling: str = "mean", key_space: KeySpace | None = None,
+                 null: tuple[torch.Tensor, torch.Tensor] | None = None):
         if len(record_ids) != keys.shape[0] or keys.shape != values.shape:
             raise ValueError("record ids, keys and values must match")
         if settings.threshold is None and settings.gate == "relevance" and record_ids and null is None:
@@ -95,6 +96,7 @@ class LayerMemory:
         self.settings = settings
         self.layer = settings.layer
         self.key_layer = settings.layer if key_layer is None else key_layer
+        self.key_pooling = key_pooling  # how a query's state is read at the key layer (`derive.key_states`)
         self.record_ids = list(record_ids)
         self.values = values.to(device=device, dtype=torch.float32)
         self.centre = centre.to(device=device, dtype=torch.float32)

@@ -32,8 +32,9 @@ from baldr_ops.memory.keys import SigningKey
 
 Kind = Literal["reference", "record", "decision"]
 KeyMetric = Literal["centred", "whitened"]  # how keys are compared (`keyspace`)
-KEY_RULE = ("key: mean of positions 1.. at the key layer's output minus its reference centre, compared in the "
-            "reference's key metric; value: the same at the layer (v3)")
+KeyPooling = Literal["mean", "topic"]  # how a text becomes one state at the key layer (`derive.key_states`)
+KEY_RULE = ("key: the text's state at the key layer by the reference's key pooling, minus its reference centre, "
+            "compared in the reference's key metric; value: mean of positions 1.. at the layer, minus its centre (v4)")
 TRUSTED_ORIGINS = ("operator", "user")
 UNTRUSTED_ORIGINS = ("model", "tool", "web", "import")
 
@@ -85,7 +86,8 @@ class ReferenceBody(_Body):
     # The key rule (store format v3; None in a v2 reference, whose keys are centred states at `layer`):
     key_layer: int | None = None
     key_metric: KeyMetric | None = None
-    # centre, reference and probes at the key layer, as above; None when key_layer == layer
+    key_pooling: KeyPooling | None = None  # format v4; None: "mean"
+    # centre, reference and probes at the key layer, as above; None when the keys are the values' states
     key_centre: str | None = None
     key_reference: str | None = None
     key_probes: str | None = None
@@ -99,6 +101,10 @@ class ReferenceBody(_Body):
     def keyed_at(self) -> int:
         """The layer keys are pooled at."""
         return self.layer if self.key_layer is None else self.key_layer
+
+    @property
+    def pooling(self) -> KeyPooling:
+        return self.key_pooling or "mean"
 
     def key_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Centre, reference and probes at the key layer."""

@@ -51,7 +51,7 @@ def memory_from_records(settings: LayerSettings, records, reference: ReferenceBo
     key_centre = torch.from_numpy(reference.key_arrays()[0])
     space = KeySpace.fit(reference.key_metric or "centred", reference.generic_keys())
     return LayerMemory(settings, ids, keys, values, key_centre, approximate, device=device,
-                       key_layer=reference.keyed_at, key_space=space, null=null)
+                       key_layer=reference.keyed_at, key_pooling=reference.pooling, key_space=space, null=null)
 
 
 class MemoryRuntime:
@@ -84,11 +84,11 @@ class MemoryRuntime:
             if state.reference is None:
                 raise UserError(f"store {store.directory} has no memories at layer {layer}",
                                 hint=f"layers with memories: {store.layers() or 'none'}; 'memory add --layer {layer}'")
-            if s.query == "running" and state.reference.keyed_at != layer:
-                raise UserError(f"layer {layer} of store {store.directory} pools its keys at layer "
-                                f"{state.reference.keyed_at}: the running query needs keys at the nudged layer",
+            if s.query == "running" and (state.reference.keyed_at != layer or state.reference.pooling != "mean"):
+                raise UserError(f"layer {layer} of store {store.directory} reads {state.reference.pooling} keys at layer "
+                                f"{state.reference.keyed_at}: the running query needs mean keys at the nudged layer",
                                 hint=f"use query=prompt for layer {layer}, or a store whose layer has "
-                                     f"--key-layer {layer}")
+                                     f"--key-pooling mean --key-layer {layer}")
             records = []
             for record in state.with_status("approved"):
                 if record.body.model.weights_sha256 != store.header.model.weights_sha256:

@@ -57,8 +57,11 @@ from baldr_ops.memory.records import (
     parse_entry,
 )
 
-FORMAT = "baldr-ops memory store v3"  # v2: chained logs and signed heads; v3: the key rule (key layer, metric, calibration)
-FORMAT_V2 = "baldr-ops memory store v2"  # read only by `memory migrate`
+# v2: chained logs and signed heads; v3: the key rule (key layer, metric, calibration); v4: key pooling (topic keys)
+FORMAT = "baldr-ops memory store v4"
+FORMAT_V2 = "baldr-ops memory store v2"
+FORMAT_V3 = "baldr-ops memory store v3"
+MIGRATABLE = (FORMAT_V2, FORMAT_V3)  # read only by `memory migrate`
 HEADER = "store.json"
 HEADS = "heads.json"
 HEADS_FORMAT = "baldr-ops memory heads v1"
@@ -341,8 +344,8 @@ class MemoryStore:
     @classmethod
     def open(cls, directory: str | os.PathLike, key: SigningKey, model: ModelIdentity | None = None, *,
              formats: Sequence[str] = (FORMAT,)) -> MemoryStore:
-        """Open a store whose header is signed with ``key``; ``formats``: the formats accepted (a v2
-        store is opened only to migrate it)."""
+        """Open a store whose header is signed with ``key``; ``formats``: the formats accepted (a v2 or
+        v3 store is opened only to migrate it)."""
         directory = Path(directory).expanduser()
         path = directory / HEADER
         if not path.is_file():
@@ -358,7 +361,7 @@ class MemoryStore:
                             hint="use it as it is (--store)")
         if header.format not in formats:
             hint = ("migrate it: 'baldr-ops memory migrate --store OLD --out NEW --model M' re-derives its records "
-                    "under the v3 key rule into a new store" if header.format == FORMAT_V2 else
+                    "under the v4 key rule into a new store" if header.format in MIGRATABLE else
                     "stores of the unchained v1 format are not read: add the texts to a new store")
             raise UserError(f"{directory} is in format {header.format!r}; this baldr-ops reads {FORMAT!r}", hint=hint)
         if header.key_id != key.key_id:

@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from baldr_ops.memory.audit import AuditLog
-from baldr_ops.memory.derive import pooled
+from baldr_ops.memory.derive import key_states, pooled
 from baldr_ops.memory.identity import identity_of, require_same_model
 from baldr_ops.memory.keyspace import null_statistics
 from baldr_ops.memory.store import AUDIT, LayerState, MemoryStore, RecordState
@@ -48,9 +48,12 @@ def rederive(lm, state: LayerState, records: Sequence[RecordState], tolerance: f
         return []
     reference = state.reference
     centre, key_centre = reference.arrays()[0], reference.key_arrays()[0]
-    layers = sorted({state.layer, reference.keyed_at})
-    fresh = pooled(lm, [r.body.source_text for r in records], layers, progress=progress)
-    keys = fresh[reference.keyed_at].numpy() - key_centre
+    texts = [r.body.source_text for r in records]
+    mean_keys = reference.pooling == "mean"   # then one pass reads values and keys
+    fresh = pooled(lm, texts, sorted({state.layer, reference.keyed_at} if mean_keys else {state.layer}),
+                   progress=progress)
+    keyed = fresh if mean_keys else key_states(lm, texts, [reference.keyed_at], reference.pooling, progress=progress)
+    keys = keyed[reference.keyed_at].numpy() - key_centre
     values = fresh[state.layer].numpy() - centre
     calibrated = [r.body.null_std is not None for r in records]
     null_mean, null_std = (null_statistics(reference.key_metric or "centred", reference.generic_keys(), keys)

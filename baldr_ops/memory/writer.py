@@ -17,9 +17,10 @@ Policy, enforced here and nowhere weakened downstream:
 * every new record is quarantined: recall uses only approved records.
 
 Keys and values: a record's value is the text's pooled state at the layer minus the layer's reference
-centre; its key is the pooled state at the layer's *key layer* minus that layer's centre, with its
-null statistics for the calibrated threshold (`keyspace`). The key rule (key layer and metric) is a
-store option, fixed for a layer by its first add and recorded in the layer's reference entry.
+centre; its key is the text's key state (`derive.key_states`: topic or mean) at the layer's *key layer*
+minus that layer's centre, with its null statistics for the calibrated threshold (`keyspace`). The
+key rule (key layer, pooling and metric) is a store option, fixed for a layer by its first add and
+recorded in the layer's reference entry.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from pydantic import BaseModel, ConfigDict
 from baldr_ops.errors import UserError
 from baldr_ops.memory import corpus
 from baldr_ops.memory.config import ScreenSettings
-from baldr_ops.memory.derive import pooled
+from baldr_ops.memory.derive import key_states, pooled
 from baldr_ops.memory.identity import ModelIdentity, identity_of, require_same_model
 from baldr_ops.memory.keyspace import KeyRule, null_scores, rule_of, summarise_null
 from baldr_ops.memory.records import (
@@ -97,24 +98,28 @@ def measure_references(lm, layers: Sequence[int], rule: KeyRule | None = None,
     progress(f"layer(s) {', '.join(map(str, layers))}: measuring the clean reference "
              f"({len(corpus.REFERENCE_TEXTS)} texts, {len(corpus.PROBE_QUERIES)} probes; "
              f"{rule.describe(lm.n_layers)})")
-    states = pooled(lm, list(corpus.REFERENCE_TEXTS) + list(corpus.PROBE_QUERIES), sorted({*layers, key_layer}))
+    generic = list(corpus.REFERENCE_TEXTS) + list(corpus.PROBE_QUERIES)
+    states = pooled(lm, generic, layers)
+    same = rule.pooling == "mean" and key_layer in layers   # the keys are the values' states there
+    key_states_ = states if same else key_states(lm, generic, [key_layer], rule.pooling)
 
-    def split(layer: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def split(states: dict, layer: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         values = states[layer].numpy()
         ref, probes = values[:len(corpus.REFERENCE_TEXTS)], values[len(corpus.REFERENCE_TEXTS):]
         centre = ref.mean(axis=0)
         return centre, ref - centre, probes - centre
 
-    key_parts = split(key_layer)
+    key_parts = split(key_states_, key_layer)
     out = {}
     for layer in layers:
-        centre, ref, probes = split(layer)
-        keyed = {} if key_layer == layer else dict(zip(("key_centre", "key_reference", "key_probes"),
-                                                       map(encode_array, key_parts), strict=True))
+        centre, ref, probes = split(states, layer)
+        keyed = {} if (key_layer == layer and rule.pooling == "mean") else dict(
+            zip(("key_centre", "key_reference", "key_probes"), map(encode_array, key_parts), strict=True))
         out[layer] = ReferenceBody(layer=layer, corpus_sha256=corpus.corpus_fingerprint(), created_at=now(),
                                    d_model=int(ref.shape[1]), n_reference=len(ref), n_probes=len(probes),
                                    centre=encode_array(centre), reference=encode_array(ref),
-                                   probes=encode_array(probes), key_layer=key_layer, key_metric=rule.metric, **keyed)
+                                   probes=encode_array(probes), key_layer=key_layer, key_metric=rule.metric,
+                                   key_pooling=rule.pooling, **keyed)
     return out
 
 
@@ -123,10 +128,10 @@ def check_rule(layer: int, reference: ReferenceBody, rule: KeyRule | None, n_lay
     if rule is None or reference is None:
         return
     have = rule_of(reference)
-    if have.key_layer(n_layers) != rule.key_layer(n_layers) or have.metric != rule.metric:
+    if (have.key_layer(n_layers), have.metric, have.pooling) != (rule.key_layer(n_layers), rule.metric, rule.pooling):
         raise UserError(f"layer {layer} of this store has {have.describe(n_layers)}; asked for "
                         f"{rule.describe(n_layers)}", hint="a layer's key rule is fixed by its first record: drop "
-                                                          "--key-layer/--key-metric, or use a new store")
+                                                          "--key-layer/--key-metric/--key-pooling, or use a new store")
 
 
 def _with_reference(store: MemoryStore, state: LayerState, references: dict[int, ReferenceBody]) -> ReferenceBody | None:
@@ -150,9 +155,13 @@ def screen_for(state: LayerState, settings: ScreenSettings | None = None) -> Ref
     """The layer's screens: values against its reference, keys against the key layer's."""
     _, reference, probes = state.reference.arrays()
     keys = None
-    if state.reference.keyed_at != state.layer:
+    if state.reference.key_centre is not None:   # keys read otherwise than the values
         _, key_reference, key_probes = state.reference.key_arrays()
-        keys = ReferenceScreen(key_reference, key_probes, settings)
+        key_settings = settings or ScreenSettings()
+        if state.reference.pooling == "topic":
+            key_settings = key_settings.model_copy(
+                update={"mahalanobis_factor": key_settings.topic_key_mahalanobis_factor})
+        keys = ReferenceScreen(key_reference, key_probes, key_settings)
     return ReferenceScreen(reference, probes, settings, keys=keys)
 
 
@@ -245,16 +254,20 @@ def add_texts(store: MemoryStore, lm, texts: Sequence[str], layers: Sequence[int
     existing = {layer: store.read_layer(layer).reference for layer in layers}
     for layer, reference in existing.items():
         check_rule(layer, reference, key_rule, lm.n_layers)
-    vectors: dict = {}  # layer -> pooled states of the texts; the model passes need no lock
+    vectors: dict = {}  # (layer, pooling) -> states of the texts; the model passes need no lock
 
-    def pooled_at(needed: Sequence[int]) -> dict:
-        missing = sorted(set(needed) - set(vectors))
-        if missing:
-            progress(f"capturing {len(texts)} text(s) at layer(s) {', '.join(map(str, missing))}")
-            vectors.update(pooled(lm, texts, missing, progress=progress))
+    def states_at(needed: Sequence[tuple[int, str]]) -> dict:
+        for pooling in sorted({p for _, p in needed}):
+            missing = sorted({layer for layer, p in needed if p == pooling and (layer, p) not in vectors})
+            if missing:
+                progress(f"capturing {len(texts)} text(s) at layer(s) {', '.join(map(str, missing))} ({pooling})")
+                found = key_states(lm, texts, missing, pooling, progress=progress)
+                vectors.update({(layer, pooling): found[layer] for layer in missing})
         return vectors
 
-    pooled_at([*layers, *(r.keyed_at if r else rule.key_layer(lm.n_layers) for r in existing.values())])
+    states_at([*((layer, "mean") for layer in layers),
+               *((r.keyed_at, r.pooling) if r else (rule.key_layer(lm.n_layers), rule.pooling)
+                 for r in existing.values())])
     # References for the layers that have none, measured before the lock is taken (another process
     # may write one meanwhile: then that one is used and this one dropped).
     references = measure_references(lm, [layer for layer, r in existing.items() if r is None], rule, progress)
@@ -274,13 +287,13 @@ def add_texts(store: MemoryStore, lm, texts: Sequence[str], layers: Sequence[int
                 candidates = []
                 for layer in layers:
                     reference = states[layer].reference
-                    key_layer = reference.keyed_at
-                    at = pooled_at([layer, key_layer])
+                    keyed = (reference.keyed_at, reference.pooling)
+                    at = states_at([(layer, "mean"), keyed])
                     centre, key_centre = reference.arrays()[0], reference.key_arrays()[0]
                     layer_candidates = [
                         Candidate(layer, text, (key_state - key_centre).astype(np.float32),
                                   (value_state - centre).astype(np.float32))
-                        for text, key_state, value_state in zip(texts, at[key_layer].numpy(), at[layer].numpy(),
+                        for text, key_state, value_state in zip(texts, at[keyed].numpy(), at[layer, "mean"].numpy(),
                                                                 strict=True)]
                     _prepare(store, states[layer], layer_candidates, origin, label, origin_flags, model,
                              screen_settings)

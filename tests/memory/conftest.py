@@ -55,7 +55,7 @@ def local_store(smollm2, session_key, tmp_path_factory):
     from baldr_ops.memory.keyspace import KeyRule
 
     return _build_store(smollm2, session_key, tmp_path_factory.mktemp("memory") / "local",
-                        [([layer], KeyRule(layer=layer)) for layer in LAYERS])
+                        [([layer], KeyRule(layer=layer, pooling="mean")) for layer in LAYERS])
 
 
 def _copy(source, target):

@@ -1,6 +1,7 @@
-"""Store format v3 (the key rule) and the migration of a v2 store: a v2 store is refused with a hint,
-`memory migrate` re-derives its records into a new store under the v3 key rule, keeping labels,
-origins and decisions (revoked records stay behind), and leaves the old store untouched."""
+"""Store format v4 (the key rule with its pooling) and the migration of v2 and v3 stores: an older
+store is refused with a hint, `memory migrate` re-derives its records into a new store under the v4
+key rule, keeping labels, origins and decisions (revoked records stay behind), and leaves the old
+store untouched."""
 
 from __future__ import annotations
 
@@ -70,7 +71,9 @@ def test_a_v2_store_is_migrated_not_read(smollm2, session_key, tmp_path, monkeyp
     assert "paused" in json.loads((new / "DISABLED").read_text())["note"]
     store = MemoryStore.open(new, session_key, identity_of(smollm2))
     state = store.read_layer(13)
-    assert not state.problems and state.reference.keyed_at == 24 and state.reference.key_metric == "whitened"
+    # The default v4 rule: topic keys at the second-to-last of SmolLM2's 30 layers, whitened.
+    assert not state.problems and (state.reference.keyed_at, state.reference.pooling, state.reference.key_metric) == (
+        28, "topic", "whitened")
     new_ids = {r.old_id: r.new_id for r in report.records}
     for old_id in ids[:6]:
         body = state.records[new_ids[old_id]].body
@@ -87,8 +90,8 @@ def test_a_v2_store_is_migrated_not_read(smollm2, session_key, tmp_path, monkeyp
     # A target that is not empty is refused before anything is written.
     with pytest.raises(UserError, match="not an empty directory|already a memory store"):
         migrate_store(old, new, session_key, smollm2)
-    # A v3 store as the source: nothing to migrate, said as such (not "v3 is in format v3").
-    with pytest.raises(UserError, match="already in format .*v3.*nothing to migrate"):
+    # A v4 store as the source: nothing to migrate, said as such (not "v4 is in format v4").
+    with pytest.raises(UserError, match="already in format .*v4.*nothing to migrate"):
         migrate_store(new, tmp_path / "again", session_key, smollm2)
     assert not (tmp_path / "again").exists()
 
@@ -103,11 +106,41 @@ def test_migrate_on_the_command_line(smollm2, demo_model, session_key, tmp_path,
     err = capsys.readouterr().err
     assert code == 2 and "memory migrate" in err
     code = main(["memory", "migrate", "--store", str(old), "--out", str(new), "--key-file", str(key_file),
-                 "--key-layer", "22", "--json"])
+                 "--key-layer", "22", "--key-pooling", "mean", "--json"])
     out = capsys.readouterr().out
     assert code == 0, out
     report = json.loads(out)
-    assert report["key_rule"]["layer"] == 22 and sum(r["status"] == "approved" for r in report["records"]) == 6
+    assert (report["key_rule"]["layer"], report["key_rule"]["pooling"]) == (22, "mean")
+    assert sum(r["status"] == "approved" for r in report["records"]) == 6
     state = MemoryStore.open(new, session_key).read_layer(13)
-    assert state.reference.keyed_at == 22
+    assert (state.reference.keyed_at, state.reference.pooling) == (22, "mean")
     assert np.isfinite([r.body.null_mean for r in state.records.values()]).all()
+
+
+def test_a_v3_store_is_migrated_to_topic_keys(smollm2, session_key, tmp_path, monkeypatch):
+    """A v3 store (mean keys at layer 24) is refused for use and migrated: the same records, now with
+    topic keys, and the finance prompt still recalls finance."""
+    from baldr_ops.memory.keyspace import KeyRule
+    from baldr_ops.memory.writer import add_texts
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    monkeypatch.setattr(store_module, "FORMAT", store_module.FORMAT_V3)
+    store = MemoryStore.create(old, identity_of(smollm2), session_key)
+    for domain in DOMAINS[:3:2]:
+        for added in add_texts(store, smollm2, domain.memories, [13], label=domain.name,
+                               key_rule=KeyRule(layer=24, pooling="mean")):
+            store.decide(added.id, "approve")
+    monkeypatch.undo()
+    with pytest.raises(UserError, match="v3") as refused:
+        MemoryStore.open(old, session_key)
+    assert "memory migrate" in refused.value.hint
+    report = migrate_store(old, new, session_key, smollm2)
+    assert [r.status for r in report.records] == ["approved"] * 8
+    store = MemoryStore.open(new, session_key, identity_of(smollm2))
+    state = store.read_layer(13)
+    assert (state.reference.keyed_at, state.reference.pooling) == (28, "topic")
+    runtime = MemoryRuntime.load(store, smollm2, [LayerSettings(layer=13)])
+    with runtime.session(smollm2.tokenize(FINANCE_PROMPT)) as session:
+        pass
+    recalled = session.recalls[13].record_ids[0]
+    assert recalled and {state.records[r].body.label for r in recalled} == {"finance"}

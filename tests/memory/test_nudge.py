@@ -97,24 +97,46 @@ def test_same_greedy_tokens_with_and_without_kv_cache(store_copy, local_copy, sm
 
 
 def test_keys_at_another_layer_need_the_prompt_query_and_its_inputs(store_copy, smollm2):
-    """With keys pooled at layer 24 and the nudge at 13, recall comes from the session's clean pass
-    at layer 24 (what writing the prompt would pool there); the running query and a session without
-    the prompt's inputs cannot pool there in time and are refused, not silently wrong."""
+    """With topic keys at layer 28 and the nudge at 13, recall comes from the session's clean pass:
+    the prompt's tokens followed by the topic question, the state at its last token at layer 28,
+    exactly what writing the prompt as a memory would key. The running query and a session without
+    the prompt's inputs cannot read that state in time and are refused, not silently wrong."""
     from baldr_ops.errors import UserError
     from baldr_ops.memory import derive
 
     inputs = smollm2.tokenize(FINANCE)
     runtime = _runtime(store_copy, smollm2)
-    assert runtime.memories[13].key_layer == 24
+    assert (runtime.memories[13].key_layer, runtime.memories[13].key_pooling) == (28, "topic")
     with torch.no_grad(), runtime.session(inputs) as session:
         hook = session.nudge.hooks[13]
         query = hook.total / hook.count
-    states = hooks.residuals(smollm2, inputs, [24])[24]
-    assert torch.equal(query, derive.pool_states(states, inputs["attention_mask"]))
-    with pytest.raises(UserError, match="running query needs keys at the nudged layer"):
+    assert torch.equal(query.cpu(), derive.key_states(smollm2, [FINANCE], [28], "topic")[28])
+    # Built by hand: the prompt's ids, then the question's, and the last position's state.
+    question = smollm2.tokenizer(derive.TOPIC_SUFFIX, add_special_tokens=False)["input_ids"]
+    ids = torch.cat([inputs["input_ids"][0], torch.tensor(question)])[None]
+    states = hooks.residuals(smollm2, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, [28])[28]
+    assert torch.allclose(query[0], states[0, -1].float(), atol=1e-5)
+    with pytest.raises(UserError, match="running query needs mean keys at the nudged layer"):
         _runtime(store_copy, smollm2, query="running")
     with pytest.raises(ValueError, match="give the session the prompt's inputs"), runtime.session(None):
         pass
+
+
+def test_topic_keys_of_a_padded_batch_are_those_of_each_prompt_alone(store_copy, smollm2):
+    """A right- or left-padded batch gets the question after each row's own tokens: every row's
+    query equals that prompt's alone."""
+    from baldr_ops.memory import derive
+
+    prompts = [FINANCE, "The recipe says to whisk the eggs with sugar until"]
+    alone = derive.key_states(smollm2, prompts, [28], "topic")[28]
+    for side in ("right", "left"):
+        smollm2.tokenizer.padding_side = side
+        try:
+            inputs = smollm2.tokenize(prompts)
+        finally:
+            smollm2.tokenizer.padding_side = "right"
+        batch = derive.topic_states(smollm2, inputs, [28])[28]
+        assert torch.allclose(batch.cpu(), alone, atol=1e-4), side
 
 
 def test_the_hooks_pool_with_the_function_that_makes_records(local_copy, smollm2, monkeypatch):

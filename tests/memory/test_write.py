@@ -14,6 +14,7 @@ import pytest
 
 from baldr_ops.errors import UserError
 from baldr_ops.memory.config import LayerSettings
+from baldr_ops.memory.derive import key_states as derive_keys
 from baldr_ops.memory.derive import pooled
 from baldr_ops.memory.identity import identity_of
 from baldr_ops.memory.keys import ephemeral_key
@@ -107,7 +108,7 @@ def test_rederivation_matches_and_catches_a_substituted_vector(store_copy, smoll
 def test_screens_against_the_clean_reference(store_copy, local_copy, smollm2, keys):
     """Clean held-out memories pass; a 1000x vector, a random direction and a magnet built from an
     attacker's own generic prompts do not. Keys at the layer itself are screened with plain cosine,
-    keys at layer 24 (whitened) with the probes' out-of-sample relevance, as the add path does."""
+    topic keys at layer 28 (whitened) with the probes' out-of-sample relevance, as the add path does."""
     from baldr_ops.memory.keyspace import null_scores
 
     store = local_copy if keys == "local" else store_copy
@@ -116,8 +117,9 @@ def test_screens_against_the_clean_reference(store_copy, local_copy, smollm2, ke
     screen = screen_for(state)
     centre, key_centre = reference.arrays()[0], reference.key_arrays()[0]
     texts = CLEAN + ATTACKER_PROMPTS
-    at = pooled(smollm2, texts, sorted({13, reference.keyed_at}))
-    values, key_states = at[13].numpy() - centre, at[reference.keyed_at].numpy() - key_centre
+    values = pooled(smollm2, texts, [13])[13].numpy() - centre
+    key_states = derive_keys(smollm2, texts, [reference.keyed_at], reference.pooling)[reference.keyed_at].numpy()
+    key_states = key_states - key_centre
     clean, attacker = values[:len(CLEAN)], key_states[len(CLEAN):]
     clean_keys = key_states[:len(CLEAN)]
     whitened = reference.key_metric == "whitened"
@@ -287,7 +289,8 @@ def test_a_negative_key_layer_counts_from_the_end(smollm2):
 
     from baldr_ops.cli.memory import _key_rule
 
-    assert _key_rule(Namespace(key_layer=-1, key_metric=None), smollm2).layer == smollm2.n_layers - 1
-    assert _key_rule(Namespace(key_layer=None, key_metric=None), smollm2) is None
+    assert _key_rule(Namespace(key_layer=-1, key_metric=None, key_pooling=None), smollm2).layer == smollm2.n_layers - 1
+    assert _key_rule(Namespace(key_layer=None, key_metric=None, key_pooling=None), smollm2) is None
+    assert _key_rule(Namespace(key_layer=None, key_metric=None, key_pooling="mean"), smollm2).pooling == "mean"
     with pytest.raises(UserError, match="out of range"):
-        _key_rule(Namespace(key_layer=-(smollm2.n_layers + 1), key_metric="centred"), smollm2)
+        _key_rule(Namespace(key_layer=-(smollm2.n_layers + 1), key_metric="centred", key_pooling=None), smollm2)
