@@ -1,7 +1,8 @@
 """Activation memory overhead on the demo model (SmolLM2-135M-Instruct, CPU), in one run:
 greedy generation tokens/s with memory off, on (10 k records at one layer, "prompt" query: one
-recall per generation, keys at the default key layer 24, whitened) and on with the "running" query
-(a recall at every step; its store keys records at the nudged layer, which the running query needs),
+recall per generation, the default topic keys at layer 28, whitened: the session's clean pass reads
+the prompt's topic state there) and on with the "running" query (a recall at every step; its store
+keys records by their mean state at the nudged layer, which the running query needs),
 alternated, medians; the ratio against off (target: at most 10 % slower); recall latency per call at
 10 k records; the time to load and verify a 10 k-record store.
 
@@ -113,7 +114,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="baldr-bench-memory-") as tmp:
         print(f"building two {ENTRIES}-record stores at layer {LAYER} ...", file=sys.stderr, flush=True)
         stores = {"prompt": _build_store(lm, f"{tmp}/store"),
-                  "running": _build_store(lm, f"{tmp}/local", KeyRule(layer=LAYER))}
+                  "running": _build_store(lm, f"{tmp}/local", KeyRule(layer=LAYER, pooling="mean"))}
         size = sum(p.stat().st_size for p in stores["prompt"].directory.iterdir())
         start = time.perf_counter()
         runtimes = {q: MemoryRuntime.load(stores[q], lm, [LayerSettings(layer=LAYER, query=q)])
@@ -159,7 +160,7 @@ def main() -> int:
         hook_us = {mode: _hook_cost(lm, runtimes[mode], inputs) for mode in ("prompt", "running")}
 
     medians = {mode: statistics.median(v) for mode, v in rates.items()}
-    print(f"demo model, layer {LAYER} (prompt query: keys at layer {key_layer}), {ENTRIES} records, {NEW_TOKENS} new "
+    print(f"demo model, layer {LAYER} (prompt query: topic keys at layer {key_layer}), {ENTRIES} records, {NEW_TOKENS} new "
           f"tokens, {ROUNDS} rounds alternating, {torch.get_num_threads()} torch thread(s)")
     print(f"store: {size / 2**20:.1f} MiB on disk, load + verify {load_s:.2f} s")
     for mode, label in (("off", "memory off"), ("prompt", "memory on, prompt query (1 recall)"),

@@ -143,23 +143,23 @@ def test_a_bad_domain_file_is_one_line_before_the_model_loads(tmp_path, capsys, 
 
 @pytest.mark.slow
 def test_protocol_on_the_builtin_set(smollm2, monkeypatch):
-    """The built-in set is the one the key rule and the defaults were tuned on. What holds there:
-    recall is high and never fires on the neutral queries or text, retrieval separates domains,
-    selectivity is far above chance, random directions do nothing; what does not: false recall and
-    the selectivity interval (docs/memory.md, Evaluation)."""
+    """The built-in set is one of the three the key rule and the defaults were chosen on. What holds
+    there: retrieval separates domains, recall rarely fires across domains and never on the neutral
+    queries or text, selectivity is far above chance, random directions do nothing; what does not:
+    own-domain recall at the default threshold and the selectivity interval (docs/memory.md, Evaluation)."""
     from baldr_ops.memory.config import PROFILE_ENV
 
     monkeypatch.delenv(PROFILE_ENV, raising=False)  # the default layer, whatever the environment names
     report = evaluate.run(smollm2)
     h = report.headline
-    assert (report.layer, report.key_layer, report.key_metric) == (13, 24, "whitened")
+    assert (report.layer, report.key_layer, report.key_metric, report.key_pooling) == (13, 28, "whitened", "topic")
     assert report.domains_sha256 == BUILTIN.fingerprint() and report.memories == 16 and report.queries == 32
     # Held-out vocabularies: derived from text the memories do not contain.
     assert not set(report.vocabularies["cooking"]) <= {w for m in BUILTIN.domains[0].memories for w in m.lower().split()}
     for i in (h.own_recall, h.false_recall, h.auroc, h.kl_neutral):
         assert i.low <= i.mean <= i.high
-    assert h.own_recall.mean > 0.9 and h.auroc.mean > 0.9  # measured 23/24, 0.944
-    assert 0 < h.false_recall.mean < 0.25  # measured 10/72
+    assert h.own_recall.mean > 0.75 and h.auroc.mean > 0.9  # measured 20/24, 0.972
+    assert h.false_recall.mean < 0.1  # measured 2/72
     # Nothing recalled on neutral input: the logits are the plain model's, so perplexity is equal.
     assert h.neutral_recall.mean == 0 and h.kl_neutral.mean == 0 and h.perplexity_on == h.perplexity_off
     fixed = h.selectivity_total
@@ -168,7 +168,7 @@ def test_protocol_on_the_builtin_set(smollm2, monkeypatch):
     assert h.selectivity_own.pairs == 24
     checks = {c.name: c for c in report.checks}
     assert not checks["total selectivity at fixed strength (95% CI over queries)"].passed
-    assert not checks["false recall across domains"].passed and not report.passed
+    assert not checks["own-domain recall (default settings)"].passed and not report.passed
     assert checks["random control: own-domain shift 95% CI includes 0"].passed, report.random_control
     assert report.own_shift_fixed.low > 0 and abs(report.random_control.mean) < 0.25 * report.own_shift_fixed.mean
     assert report.dose_monotone and report.dose[0].own_mean == 0 and report.dose[0].kl_mean == 0
