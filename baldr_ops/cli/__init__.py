@@ -15,6 +15,7 @@ import os
 import sys
 
 from baldr_ops import __version__
+from baldr_ops.cli.signals import end_on_sigterm
 from baldr_ops.errors import Terminated, UserError
 
 # Order is the order shown in --help.
@@ -64,19 +65,6 @@ def _module_for(argv: list[str]) -> str | None:
         return None
     module = MODULE_OF.get(first, first)
     return module if module in COMMAND_MODULES else None
-
-
-def _terminate(signum, _frame):
-    raise Terminated(signum)
-
-
-def end_on_sigterm() -> None:
-    """SIGTERM ends the command as SIGINT does: finally blocks run (child trees ended, scratch files
-    removed). Commands that supervise install their own handlers on top."""
-    import signal  # here, not at the top: doctor's start-up skips it (0.6 ms, issue 12's budget)
-
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _terminate)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from baldr_ops.cli import end_on_sigterm
+from baldr_ops.cli.signals import end_on_sigterm
 
 DESCRIPTION = """\
 Read this machine's memory signals (meminfo, PSI, vmstat, cgroups, buddyinfo, tmpfs, zram/zswap,

@@ -30,16 +30,19 @@ def prompt_text(lm, prompt: str, chat: bool = False) -> str:
 
 
 def next_token_probs(lm, texts: Sequence[str], runtime: MemoryRuntime | None = None,
-                     layers: Sequence[int] | None = None) -> tuple[torch.Tensor, list[AuditEntry | None]]:
-    """[len(texts), vocab] float32 next-token probabilities after each text (right-padded batch)."""
+                     layers: Sequence[int] | None = None,
+                     key_texts: Sequence[str] | None = None) -> tuple[torch.Tensor, list[AuditEntry | None]]:
+    """[len(texts), vocab] float32 next-token probabilities after each text (right-padded batch);
+    ``key_texts``: what recall reads instead of each text (see `greedy`)."""
     inputs = lm.tokenize(list(texts))
+    key_inputs = lm.tokenize(list(key_texts)) if key_texts is not None else None
     last = inputs["attention_mask"].sum(dim=1) - 1
     entry = None
     with torch.no_grad():
         if runtime is None:
             logits = lm.model(**inputs, use_cache=False).logits
         else:
-            with runtime.session(inputs, prompt="\n".join(texts), layers=layers) as s:
+            with runtime.session(inputs, prompt="\n".join(texts), layers=layers, key_inputs=key_inputs) as s:
                 logits = lm.model(**inputs, use_cache=False).logits
             entry = s.entry
     rows = torch.arange(len(texts), device=logits.device)
@@ -55,9 +58,12 @@ class Generation(BaseModel):
 
 
 def greedy(lm, prompt: str, runtime: MemoryRuntime | None = None, max_new_tokens: int = 40,
-           use_cache: bool = True, layers: Sequence[int] | None = None) -> tuple[Generation, dict]:
-    """The greedy continuation, and each hooked layer's last recall (empty without memory)."""
+           use_cache: bool = True, layers: Sequence[int] | None = None,
+           key_text: str | None = None) -> tuple[Generation, dict]:
+    """The greedy continuation, and each hooked layer's last recall (empty without memory).
+    ``key_text``: what recall reads instead of the prompt (the user's text inside a chat prompt)."""
     inputs = lm.tokenize(prompt)
+    key_inputs = lm.tokenize(key_text) if key_text is not None else None
     kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, use_cache=use_cache,
                   pad_token_id=lm.tokenizer.pad_token_id)
     entry, recalls = None, {}
@@ -65,7 +71,7 @@ def greedy(lm, prompt: str, runtime: MemoryRuntime | None = None, max_new_tokens
         if runtime is None:
             out = lm.model.generate(**inputs, **kwargs)
         else:
-            with runtime.session(inputs, prompt=prompt, layers=layers) as session:
+            with runtime.session(inputs, prompt=prompt, layers=layers, key_inputs=key_inputs) as session:
                 out = lm.model.generate(**inputs, **kwargs)
             entry, recalls = session.entry, session.recalls
     new = out[0, inputs["input_ids"].shape[1]:].tolist()
@@ -123,10 +129,11 @@ def _share(ids: list[int], vocab: set[int]) -> float:
 
 def ab(lm, runtime: MemoryRuntime, prompt: str, max_new_tokens: int = 40, chat: bool = False) -> ABReport:
     text = prompt_text(lm, prompt, chat)
+    key_text = prompt if chat else None   # recall reads the user's text, not the chat template around it
     base, _ = greedy(lm, text, None, max_new_tokens)
-    nudged, recalls = greedy(lm, text, runtime, max_new_tokens)
+    nudged, recalls = greedy(lm, text, runtime, max_new_tokens, key_text=key_text)
     p_base, _ = next_token_probs(lm, [text])
-    p_mem, _ = next_token_probs(lm, [text], runtime)
+    p_mem, _ = next_token_probs(lm, [text], runtime, key_texts=[key_text] if chat else None)
     # The stored domain: the records this prompt recalled (the top candidates if none passed the
     # threshold). The hooks' own recall where they ran; with the kill switch on, a recall on the
     # prompt's un-nudged states, for display only.
@@ -138,7 +145,8 @@ def ab(lm, runtime: MemoryRuntime, prompt: str, max_new_tokens: int = 40, chat: 
         memory = runtime.memories[layer]
         key = (memory.key_layer, memory.key_pooling)
         if key not in states:
-            states[key] = key_states(lm, [text], [memory.key_layer], memory.key_pooling)[memory.key_layer]
+            states[key] = key_states(lm, [prompt if chat else text], [memory.key_layer],
+                                     memory.key_pooling)[memory.key_layer]
     for layer, memory in sorted(runtime.memories.items()):
         recall = recalls.get(layer) or (memory.recall(states[memory.key_layer, memory.key_pooling])
                                         if layer in missing else None)

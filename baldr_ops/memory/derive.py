@@ -113,7 +113,7 @@ def _checked(lm, texts: Sequence[str]) -> list[str]:
         raise UserError("no text given")
     short = [t for t, n in zip(texts, token_counts(lm, texts), strict=True) if n < 2]
     if short:
-        raise UserError(f"text too short to pool (needs at least 2 tokens): {short[0]!r}")
+        raise UserError(f"text too short for a memory (needs at least 2 tokens): {short[0]!r}")
     return texts
 
 

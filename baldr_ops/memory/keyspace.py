@@ -11,7 +11,7 @@ Relevance is the cosine of the two after a linear map W, the key metric:
 
 * ``centred``: W = I (the rule of store format v2);
 * ``whitened``: W = S^-1/2, S the Ledoit-Wolf shrunk covariance (`screen.shrunk_spectrum`) of the
-  generic texts' pooled states at the key layer (the reference texts and the probe prompts). Pooled
+  generic texts' key states at the key layer (the reference texts and the probe prompts). Key
   residual states share a few high-variance directions every text moves along; whitening divides
   each direction by its spread in generic text, so relevance counts how unusual the shared
   direction is rather than how large.
@@ -44,7 +44,7 @@ DEFAULT_KEY_DEPTH = 0.8  # mean pooling: key layer int(0.8 * n_layers) when none
 CALIBRATION_FOLDS = 8
 
 
-def default_key_layer(n_layers: int, pooling: KeyPooling = "mean") -> int:
+def default_key_layer(n_layers: int, pooling: KeyPooling) -> int:
     """Topic states: the second-to-last layer (the last one's state is already shaped into the next
     token's logits); mean states: 80 % depth."""
     if pooling == "topic":
@@ -87,7 +87,7 @@ class KeySpace:
 
     @classmethod
     def fit(cls, metric: KeyMetric, generic: np.ndarray) -> KeySpace:
-        """From the generic texts' centred pooled states [n, d] at the key layer."""
+        """From the generic texts' centred key states [n, d] at the key layer."""
         if metric == "centred":
             return cls("centred")
         rows = np.asarray(generic, dtype=np.float64)

@@ -290,10 +290,12 @@ class NudgeSession:
     """Hooks for one generation; ``with`` it around the ``generate`` (or forward) call."""
 
     def __init__(self, lm, memories: dict[int, LayerMemory], inputs: dict | None = None,
-                 disabled_reason: str | None = None, strict: bool | None = None):
+                 disabled_reason: str | None = None, strict: bool | None = None, key_inputs: dict | None = None):
         """``inputs``: the prompt's ``input_ids`` and ``attention_mask`` (a right-padded batch is
         fine), pooled from a clean pass; without them each layer pools what its hook sees.
-        ``strict``: check the clip in every call (default: when the model is on the CPU)."""
+        ``key_inputs``: what the clean pass reads instead (same batch size), e.g. the user's text
+        without the chat template around it. ``strict``: check the clip in every call (default:
+        when the model is on the CPU)."""
         self.lm = lm
         self.disabled_reason = disabled_reason
         device = lm.device
@@ -302,7 +304,12 @@ class NudgeSession:
         if inputs is not None and mask is None:
             mask = torch.ones_like(inputs["input_ids"])
         keys = {(m.key_layer, m.key_pooling) for m in active.values()}
-        pooled = self._clean_pool(lm, inputs, mask, keys) if active and inputs is not None else {}
+        if key_inputs is not None and inputs is not None:
+            key_mask = key_inputs.get("attention_mask")
+            key_mask = torch.ones_like(key_inputs["input_ids"]) if key_mask is None else key_mask
+            pooled = self._clean_pool(lm, key_inputs, key_mask, keys) if active else {}
+        else:
+            pooled = self._clean_pool(lm, inputs, mask, keys) if active and inputs is not None else {}
         self.hooks = {layer: LayerHook(m, mask, pooled.get((m.key_layer, m.key_pooling)), strict)
                       for layer, m in active.items()}
         self._stack: ExitStack | None = None

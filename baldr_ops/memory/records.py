@@ -99,7 +99,7 @@ class ReferenceBody(_Body):
 
     @property
     def keyed_at(self) -> int:
-        """The layer keys are pooled at."""
+        """The layer keys are read at."""
         return self.layer if self.key_layer is None else self.key_layer
 
     @property
@@ -109,6 +109,8 @@ class ReferenceBody(_Body):
     def key_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Centre, reference and probes at the key layer."""
         if self.key_centre is None:
+            if self.pooling != "mean":  # only mean keys at the layer itself share the values' states
+                raise ValueError(f"layer {self.layer}: a {self.pooling} key rule without its key-layer reference")
             return self.arrays()
         d = self.d_model
         return (decode_array(self.key_centre, (d,)), decode_array(self.key_reference, (self.n_reference, d)),

@@ -112,26 +112,30 @@ class MemoryRuntime:
         return self.store.disabled_reason() if self.store else None
 
     def session(self, inputs: dict | None = None, prompt: str | None = None,
-                layers: Sequence[int] | None = None) -> GenerationSession:
+                layers: Sequence[int] | None = None, key_inputs: dict | None = None) -> GenerationSession:
         """Hooks for one generation of ``inputs`` (the tokenized prompt: input_ids, attention_mask).
-        ``prompt`` is hashed into the audit entry; ``layers`` restricts the hooks to some layers."""
+        ``prompt`` is hashed into the audit entry; ``layers`` restricts the hooks to some layers;
+        ``key_inputs``: what recall reads instead of ``inputs`` (the user's own text when ``inputs``
+        wrap it in a chat template, whose system prompt would otherwise be part of the topic)."""
         memories = self.memories if layers is None else {layer: self.memories[layer] for layer in layers}
-        return GenerationSession(self, memories, prompt, inputs)
+        return GenerationSession(self, memories, prompt, inputs, key_inputs)
 
 
 class GenerationSession:
     def __init__(self, runtime: MemoryRuntime, memories: dict[int, LayerMemory], prompt: str | None,
-                 inputs: dict | None):
+                 inputs: dict | None, key_inputs: dict | None = None):
         self.runtime = runtime
         self.memories = memories
         self.prompt = prompt
         self.inputs = inputs
+        self.key_inputs = key_inputs
         self.entry: AuditEntry | None = None
         self.nudge: NudgeSession | None = None
 
     def __enter__(self) -> GenerationSession:
         self.started_at = now()
-        self.nudge = NudgeSession(self.runtime.lm, self.memories, self.inputs, self.runtime.disabled_reason())
+        self.nudge = NudgeSession(self.runtime.lm, self.memories, self.inputs, self.runtime.disabled_reason(),
+                                  key_inputs=self.key_inputs)
         self.nudge.__enter__()
         return self
 

@@ -99,9 +99,9 @@ def measure_references(lm, layers: Sequence[int], rule: KeyRule | None = None,
              f"({len(corpus.REFERENCE_TEXTS)} texts, {len(corpus.PROBE_QUERIES)} probes; "
              f"{rule.describe(lm.n_layers)})")
     generic = list(corpus.REFERENCE_TEXTS) + list(corpus.PROBE_QUERIES)
-    states = pooled(lm, generic, layers)
-    same = rule.pooling == "mean" and key_layer in layers   # the keys are the values' states there
-    key_states_ = states if same else key_states(lm, generic, [key_layer], rule.pooling)
+    mean_keys = rule.pooling == "mean"   # then one pass reads the values' and the keys' states
+    states = pooled(lm, generic, sorted({*layers, key_layer}) if mean_keys else layers)
+    key_states_ = states if mean_keys else key_states(lm, generic, [key_layer], rule.pooling)
 
     def split(states: dict, layer: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         values = states[layer].numpy()

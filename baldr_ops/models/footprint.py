@@ -293,8 +293,11 @@ def read_model_config(directory: str | os.PathLike) -> dict | None:
 
 
 def model_context(cfg: dict) -> int | None:
-    """The longest sequence a config.json says the model takes (also under text_config)."""
-    return _arch_from_config(cfg)["context"]
+    """The longest sequence a config.json says the model takes (under text_config, else at the top)."""
+    return _arch_from_config(cfg)["context"] or _int_field(cfg, *CONTEXT_KEYS)
+
+
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len")
 
 
 def _int_field(cfg: dict, *keys: str) -> int | None:
@@ -314,7 +317,7 @@ def _arch_from_config(cfg: dict) -> dict[str, int | None]:
     head_dim = _int_field(text, "head_dim") or (hidden // heads if hidden and heads else None)
     return {"layers": layers, "kv_heads": kv_heads, "head_dim": head_dim, "hidden": hidden,
             "intermediate": _int_field(text, "intermediate_size", "n_inner"),
-            "context": _int_field(text, "max_position_embeddings", "n_positions", "max_seq_len"),
+            "context": _int_field(text, *CONTEXT_KEYS),
             "vocab": _int_field(text, "vocab_size") or _int_field(cfg, "vocab_size")}
 
 

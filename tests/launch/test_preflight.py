@@ -197,10 +197,12 @@ def test_the_memory_plan_sizes_the_kv_cache_for_the_max_length_served(tmp_path):
 
 
 @pytest.mark.parametrize("context", [{"n_positions": 16}, {"max_seq_len": 16},
-                                     {"text_config": {"max_position_embeddings": 16}}])
+                                     {"text_config": {"max_position_embeddings": 16}},
+                                     {"max_position_embeddings": 16, "text_config": {"model_type": "llama"}}])
 def test_max_length_is_checked_against_every_spelling_of_the_context(capsys, tmp_path, context):
     # Configs name the context max_position_embeddings, n_positions (GPT-2 style) or max_seq_len,
-    # or nest it under text_config (multimodal): each one refuses a --max-length beyond it.
+    # under text_config (multimodal) or at the top beside a text_config that lacks it: each one
+    # refuses a --max-length beyond it.
     model = write_tiny_model(tmp_path / "m")
     config = json.loads((model / "config.json").read_text())
     del config["max_position_embeddings"]

@@ -1,8 +1,8 @@
 """Memory tests need the research extra; the demo-model fixtures come from tests/research.
 
 `memory_store` is built once per session: the 16 built-in domain memories at layers 13 and 20 of
-SmolLM2, approved, labelled by domain, under the default key rule (keys pooled at layer 24,
-whitened). `local_store` holds the same memories with each layer's keys at the layer itself, which
+SmolLM2, approved, labelled by domain, under the default key rule (topic keys at layer 28,
+whitened). `local_store` holds the same memories with mean keys at each layer itself, which
 the running query and sessions without the prompt's inputs need. Tests that change a store work on
 `store_copy` or `local_copy`.
 """

@@ -128,15 +128,29 @@ def test_topic_keys_of_a_padded_batch_are_those_of_each_prompt_alone(store_copy,
     from baldr_ops.memory import derive
 
     prompts = [FINANCE, "The recipe says to whisk the eggs with sugar until"]
-    alone = derive.key_states(smollm2, prompts, [28], "topic")[28]
+    alone = torch.cat([derive.key_states(smollm2, [p], [28], "topic")[28] for p in prompts])
+    original = smollm2.tokenizer.padding_side
     for side in ("right", "left"):
         smollm2.tokenizer.padding_side = side
         try:
             inputs = smollm2.tokenize(prompts)
         finally:
-            smollm2.tokenizer.padding_side = "right"
+            smollm2.tokenizer.padding_side = original
+        assert not inputs["attention_mask"].all()   # the shorter prompt is padded
         batch = derive.topic_states(smollm2, inputs, [28])[28]
         assert torch.allclose(batch.cpu(), alone, atol=1e-4), side
+
+
+def test_a_chat_prompt_recalls_from_the_users_text(store_copy, smollm2):
+    """`memory ab --chat` wraps the prompt in the chat template (SmolLM2's adds a system prompt);
+    recall reads the user's own text, as the memories were keyed, so its relevance is the plain
+    prompt's."""
+    from baldr_ops.memory.compare import ab
+
+    runtime = _runtime(store_copy, smollm2)
+    plain, chat = (ab(smollm2, runtime, FINANCE, max_new_tokens=2, chat=c) for c in (False, True))
+    relevance = [[c.relevance for c in report.layers[0].candidates] for report in (plain, chat)]
+    assert relevance[0] == pytest.approx(relevance[1], abs=1e-4)
 
 
 def test_the_hooks_pool_with_the_function_that_makes_records(local_copy, smollm2, monkeypatch):
