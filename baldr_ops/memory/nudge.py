@@ -286,6 +286,12 @@ class LayerHook:
         return self.trace
 
 
+def _mask_of(inputs: dict) -> torch.Tensor:
+    """A tokenized batch's attention mask (all ones when it has none)."""
+    mask = inputs.get("attention_mask")
+    return torch.ones_like(inputs["input_ids"]) if mask is None else mask
+
+
 class NudgeSession:
     """Hooks for one generation; ``with`` it around the ``generate`` (or forward) call."""
 
@@ -300,16 +306,11 @@ class NudgeSession:
         self.disabled_reason = disabled_reason
         device = lm.device
         active = {} if disabled_reason else {layer: m.to(device) for layer, m in memories.items() if m.size}
-        mask = inputs.get("attention_mask") if inputs is not None else None
-        if inputs is not None and mask is None:
-            mask = torch.ones_like(inputs["input_ids"])
+        mask = _mask_of(inputs) if inputs is not None else None
         keys = {(m.key_layer, m.key_pooling) for m in active.values()}
-        if key_inputs is not None and inputs is not None:
-            key_mask = key_inputs.get("attention_mask")
-            key_mask = torch.ones_like(key_inputs["input_ids"]) if key_mask is None else key_mask
-            pooled = self._clean_pool(lm, key_inputs, key_mask, keys) if active else {}
-        else:
-            pooled = self._clean_pool(lm, inputs, mask, keys) if active and inputs is not None else {}
+        # Recall reads ``key_inputs`` when given (and only when there is a prompt to nudge).
+        source = key_inputs if key_inputs is not None else inputs
+        pooled = self._clean_pool(lm, source, _mask_of(source), keys) if active and inputs is not None else {}
         self.hooks = {layer: LayerHook(m, mask, pooled.get((m.key_layer, m.key_pooling)), strict)
                       for layer, m in active.items()}
         self._stack: ExitStack | None = None
