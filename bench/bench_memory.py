@@ -36,7 +36,7 @@ def _build_store(lm, directory, key_rule=None):
     from baldr_ops.memory.domains import DOMAINS
     from baldr_ops.memory.identity import identity_of
     from baldr_ops.memory.keys import ephemeral_key
-    from baldr_ops.memory.keyspace import null_statistics
+    from baldr_ops.memory.keyspace import reference_null_scores, summarise_null
     from baldr_ops.memory.records import DecisionBody, RecordBody, encode_array, now, sha256_text
     from baldr_ops.memory.store import MemoryStore
     from baldr_ops.memory.writer import add_texts
@@ -60,7 +60,7 @@ def _build_store(lm, directory, key_rule=None):
                 + rng.standard_normal((n, rows.shape[1])) * 0.5).astype(np.float32)
 
     keys, values = synthetic(keys_ref), synthetic(values_ref)
-    null_mean, null_std = null_statistics(reference.key_metric, reference.generic_keys(), keys)
+    null_mean, null_std = summarise_null(reference_null_scores(reference, keys))
     batch = []
     for i in range(n):
         text = f"synthetic memory {i}"

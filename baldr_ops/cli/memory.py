@@ -15,7 +15,8 @@ from baldr_ops.errors import UserError, first_invalid_field
 DESCRIPTION = """\
 Recall stored activation patterns (not text) at deep layers of a transformers causal LM and nudge
 generation toward them: relevance r = cosine of the text's key state and a record's key (the state
-where the model is asked the text's topic, at the store's key layer, whitened), weight = min(cap, strength * relu(r - the record's calibrated threshold)), nudge = sum of
+where the model is asked the text's topic, at the store's key layer, with the directions texts on one subject
+vary along divided down), weight = min(cap, strength * relu(r - the record's calibrated threshold)), nudge = sum of
 weight * value, clipped per token to clip * ||h||.
 
 Records are captured from operator-given text only, signed with an operator-held HMAC key (never
@@ -47,9 +48,10 @@ def _key_rule_arguments(p) -> None:
                    help="store option, fixed by a layer's first records: how a text becomes its key (default topic: "
                         "the state at the last token of the text followed by a question about its topic; mean: the "
                         "mean over its tokens, format v3)")
-    p.add_argument("--key-metric", choices=("whitened", "centred"),
-                   help="store option, fixed by a layer's first records: how keys are compared (default whitened: "
-                        "cosine after whitening by the reference texts' covariance; centred: plain cosine, format v2)")
+    p.add_argument("--key-metric", choices=("within", "whitened", "centred"),
+                   help="store option, fixed by a layer's first records: how keys are compared (default within: "
+                        "cosine after whitening by how texts on one subject vary, from a built-in topic corpus; "
+                        "whitened: by the reference texts' covariance, format v4; centred: plain cosine, format v2)")
 
 
 def _key_rule(args, lm):
@@ -115,7 +117,7 @@ def register(subparsers) -> None:
     _json_argument(s)
     s.set_defaults(func=run_add)
 
-    s = sub.add_parser("migrate", help="re-derive a store of format v2 or v3 into a new store of format v4 (the key rule)")
+    s = sub.add_parser("migrate", help="re-derive a store of format v2, v3 or v4 into a new store of format v5 (the key rule)")
     _store_arguments(s)
     s.add_argument("--out", required=True, metavar="DIR", help="the new store's directory (must not exist, or be empty)")
     add_model_arguments(s)
@@ -528,6 +530,9 @@ def run_eval(args) -> int:
     lines = [f"model {report.model}, layer {report.layer} ({report.layer_source}), {report.key_pooling} keys at layer "
              f"{report.key_layer} ({report.key_metric}); domain set {report.domain_set}: {len(report.domains)} domains, "
              f"{report.memories} memories, {report.queries} queries; {report.seconds:.0f} s", ""]
+    if report.in_topic_corpus:
+        lines[-1:-1] = [f"note: {report.in_topic_corpus} of this set's memories and queries are in the topic corpus "
+                        "the within-topic key metric was fitted to: these figures are in sample"]
     lines += [f"{'PASS' if c.passed else 'FAIL' if c.passed is False else '    '}  {c.name}: {c.value}"
               + (f"  (target {c.target})" if c.passed is not None else "") for c in report.checks]
     lines += ["", "dose-response at fixed strength (own / other shift, selectivity total [95% CI] and own-domain, "

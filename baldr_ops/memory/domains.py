@@ -13,8 +13,10 @@ and the defaults were tuned on. `load_domain_set` reads an operator's own set fr
                   "queries": [{"text": "...", "kind": "strong"}, "a plain string is a strong query"]}],
      "neutral_queries": ["..."], "neutral_text": ["..."]}
 
-tests/memory/data/domains-set2.json and -set3.json are two such sets, written before any result on
-them was seen and never used for tuning.
+`baldr_ops/memory/data/domains-set2.json` to `-set7.json` are six such sets (30 domains). They were
+written as held-out sets and now serve as the *topic corpus* (`topic_groups`): the texts the
+within-topic key metric learns how texts on one subject vary (`keyspace`). An evaluation on them is
+therefore in sample; tests/memory/data holds the sets written after that, never part of the corpus.
 """
 
 from __future__ import annotations
@@ -336,3 +338,19 @@ def load_domain_set(path: str | Path) -> DomainSet:
                         hint=hint) from exc
     except ValueError as exc:
         raise UserError(f"the domain set {path}: {exc}", hint=hint) from exc
+
+
+# -- the topic corpus -------------------------------------------------------------------------------
+TOPIC_CORPUS = tuple(Path(__file__).parent / "data" / f"domains-set{i}.json" for i in range(2, 8))
+
+
+def topic_groups() -> tuple[tuple[str, ...], ...]:
+    """One group per domain of the shipped sets: its memories and its queries, texts on one subject
+    in two styles (statements and unfinished prompts), in a fixed order."""
+    return tuple(tuple(d.memories) + tuple(q.text for q in s.queries if q.domain == d.name)
+                 for s in map(load_domain_set, TOPIC_CORPUS) for d in s.domains)
+
+
+def topic_corpus_fingerprint() -> str:
+    """sha256 over the groups, so a store names the exact corpus its key metric was fitted to."""
+    return hashlib.sha256(json.dumps(topic_groups()).encode()).hexdigest()

@@ -46,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from baldr_ops.memory.compare import kl, next_token_probs
 from baldr_ops.memory.config import LayerSettings, default_layer
 from baldr_ops.memory import derive
-from baldr_ops.memory.domains import BUILTIN, DomainSet
+from baldr_ops.memory.domains import BUILTIN, DomainSet, topic_groups
 from baldr_ops.memory.identity import identity_of
 from baldr_ops.memory.index import unit
 from baldr_ops.memory.keys import ephemeral_key
@@ -190,6 +190,9 @@ class EvalReport(Document):
     key_layer: int
     key_metric: str
     key_pooling: str
+    # memories and queries of this set that are in the topic corpus the within metric was fitted to
+    # (figures on such a set are in sample); 0 for other metrics
+    in_topic_corpus: int = 0
     domains: list[str]
     memories: int
     flagged_memories: list[str]  # memories a write-time screen flagged (kept for the evaluation)
@@ -529,13 +532,19 @@ def run(lm, settings: EvalSettings | None = None, domain_set: DomainSet = BUILTI
     return EvalReport(
         model=ident.short(), domain_set=domain_set.name, domains_sha256=domain_set.fingerprint(), layer=layer,
         layer_source=source, key_layer=reference.keyed_at, key_metric=reference.key_metric or "centred",
-        key_pooling=reference.pooling,
+        key_pooling=reference.pooling, in_topic_corpus=_in_topic_corpus(domain_set) if reference.key_metric == "within" else 0,
         domains=names, memories=sum(len(r) for r in records.values()), flagged_memories=flagged, queries=n_q,
         vocabularies={n: [lm.tokenizer.decode([i]).strip() for i in vocab[n]] for n in names}, headline=headline,
         fixed_strength=fixed_strength, own_shift_fixed=own_shift_fixed, random_control=random_control,
         random_to_memory=random_to_memory, dose=dose, dose_monotone=monotone, gated=gated,
         auroc_relevance=relevance_auroc, spearman_gated=spear_gated, spearman_fixed=spear_fixed, checks=checks,
         seconds=time.monotonic() - started)
+
+
+def _in_topic_corpus(domain_set: DomainSet) -> int:
+    corpus = {text for group in topic_groups() for text in group}
+    texts = [m for d in domain_set.domains for m in d.memories] + [q.text for q in domain_set.queries]
+    return sum(text in corpus for text in texts)
 
 
 def _rho(c: Correlation) -> str:

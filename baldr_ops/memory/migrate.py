@@ -1,9 +1,9 @@
-"""From a store of format v2 or v3 to one of format v4: `baldr-ops memory migrate --store OLD --out NEW`.
+"""From a store of format v2, v3 or v4 to one of format v5: `baldr-ops memory migrate --store OLD --out NEW`.
 
 A v2 record's key is its text's centred mean state at the nudged layer, compared by plain cosine
 against a fixed threshold; a v3 record's key is a mean state at its layer's key layer, whitened and
-calibrated; a v4 record's key follows its layer's key rule (`keyspace`: key layer, pooling (topic by
-default), metric, calibration). The vectors cannot be converted, but every record keeps its source text, so the
+calibrated; a v4 record's key is a topic state, whitened; a v5 record's key follows its layer's key
+rule (`keyspace`: key layer, pooling (topic by default), metric (within-topic by default), calibration). The vectors cannot be converted, but every record keeps its source text, so the
 migration re-derives each one with the store's model through the normal add path (screens,
 calibration, signatures) into a new store, and leaves the old one untouched (logs are append-only,
 and a half-migrated store would be worse than none).
@@ -62,7 +62,7 @@ class MigrateReport(Document):
 
 def migrate_store(source: str | Path, target: str | Path, key: SigningKey, lm, key_rule: KeyRule | None = None,
                   progress: Callable[[str], None] = lambda _: None) -> MigrateReport:
-    """Re-derive the v2 or v3 store at ``source`` into a new v4 store at ``target`` (which must not
+    """Re-derive the v2, v3 or v4 store at ``source`` into a new v5 store at ``target`` (which must not
     exist or be empty), with ``lm``, the model the store was made with."""
     ident = identity_of(lm)
     old = MemoryStore.open(source, key, ident, formats=MIGRATABLE)

@@ -31,7 +31,7 @@ from baldr_ops.memory.identity import ModelIdentity
 from baldr_ops.memory.keys import SigningKey
 
 Kind = Literal["reference", "record", "decision"]
-KeyMetric = Literal["centred", "whitened"]  # how keys are compared (`keyspace`)
+KeyMetric = Literal["centred", "whitened", "within"]  # how keys are compared (`keyspace`)
 KeyPooling = Literal["mean", "topic"]  # how a text becomes one state at the key layer (`derive.key_states`)
 KEY_RULE = ("key: the text's state at the key layer by the reference's key pooling, minus its reference centre, "
             "compared in the reference's key metric; value: mean of positions 1.. at the layer, minus its centre (v4)")
@@ -91,6 +91,11 @@ class ReferenceBody(_Body):
     key_centre: str | None = None
     key_reference: str | None = None
     key_probes: str | None = None
+    # The within-topic metric (format v5): the topic corpus's key states, each group centred on its
+    # own mean [n_within, d_model], and the corpus's fingerprint
+    n_within: int | None = None
+    key_within: str | None = None
+    within_sha256: str | None = None
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         d = self.d_model
@@ -121,6 +126,10 @@ class ReferenceBody(_Body):
         fitted to and what calibrates a key."""
         _, reference, probes = self.key_arrays()
         return np.concatenate([reference, probes])
+
+    def within_rows(self) -> np.ndarray | None:
+        """The topic corpus at the key layer, each group centred (None unless the metric is "within")."""
+        return None if self.key_within is None else decode_array(self.key_within, (self.n_within, self.d_model))
 
 
 class RecordBody(_Body):

@@ -49,7 +49,7 @@ def memory_from_records(settings: LayerSettings, records, reference: ReferenceBo
     null = (torch.tensor([r.body.null_mean for r in records], dtype=torch.float32),
             torch.tensor([r.body.null_std for r in records], dtype=torch.float32)) if calibrated else None
     key_centre = torch.from_numpy(reference.key_arrays()[0])
-    space = KeySpace.fit(reference.key_metric or "centred", reference.generic_keys())
+    space = KeySpace.of(reference)
     return LayerMemory(settings, ids, keys, values, key_centre, approximate, device=device,
                        key_layer=reference.keyed_at, key_pooling=reference.pooling, key_space=space, null=null)
 

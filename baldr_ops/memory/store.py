@@ -57,11 +57,13 @@ from baldr_ops.memory.records import (
     parse_entry,
 )
 
-# v2: chained logs and signed heads; v3: the key rule (key layer, metric, calibration); v4: key pooling (topic keys)
-FORMAT = "baldr-ops memory store v4"
+# v2: chained logs and signed heads; v3: the key rule (key layer, metric, calibration); v4: key pooling (topic keys);
+# v5: the within-topic key metric (the topic corpus in each reference)
+FORMAT = "baldr-ops memory store v5"
 FORMAT_V2 = "baldr-ops memory store v2"
 FORMAT_V3 = "baldr-ops memory store v3"
-MIGRATABLE = (FORMAT_V2, FORMAT_V3)  # read only by `memory migrate`
+FORMAT_V4 = "baldr-ops memory store v4"
+MIGRATABLE = (FORMAT_V2, FORMAT_V3, FORMAT_V4)  # read only by `memory migrate`
 HEADER = "store.json"
 HEADS = "heads.json"
 HEADS_FORMAT = "baldr-ops memory heads v1"
@@ -361,7 +363,7 @@ class MemoryStore:
                             hint="use it as it is (--store)")
         if header.format not in formats:
             hint = ("migrate it: 'baldr-ops memory migrate --store OLD --out NEW --model M' re-derives its records "
-                    "under the v4 key rule into a new store" if header.format in MIGRATABLE else
+                    "under the v5 key rule into a new store" if header.format in MIGRATABLE else
                     "stores of the unchained v1 format are not read: add the texts to a new store")
             raise UserError(f"{directory} is in format {header.format!r}; this baldr-ops reads {FORMAT!r}", hint=hint)
         if header.key_id != key.key_id:

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from baldr_ops.memory.audit import AuditLog
 from baldr_ops.memory.derive import key_states, pooled
 from baldr_ops.memory.identity import identity_of, require_same_model
-from baldr_ops.memory.keyspace import null_statistics
+from baldr_ops.memory.keyspace import reference_null_scores, summarise_null
 from baldr_ops.memory.store import AUDIT, LayerState, MemoryStore, RecordState
 from baldr_ops.schema import Document
 
@@ -56,7 +56,7 @@ def rederive(lm, state: LayerState, records: Sequence[RecordState], tolerance: f
     keys = keyed[reference.keyed_at].numpy() - key_centre
     values = fresh[state.layer].numpy() - centre
     calibrated = [r.body.null_std is not None for r in records]
-    null_mean, null_std = (null_statistics(reference.key_metric or "centred", reference.generic_keys(), keys)
+    null_mean, null_std = (summarise_null(reference_null_scores(reference, keys))
                            if any(calibrated) else (None, None))
     out = []
     for i, record in enumerate(records):

@@ -33,10 +33,11 @@ from pydantic import BaseModel, ConfigDict
 
 from baldr_ops.errors import UserError
 from baldr_ops.memory import corpus
+from baldr_ops.memory.domains import topic_corpus_fingerprint, topic_groups
 from baldr_ops.memory.config import ScreenSettings
 from baldr_ops.memory.derive import key_states, pooled
 from baldr_ops.memory.identity import ModelIdentity, identity_of, require_same_model
-from baldr_ops.memory.keyspace import KeyRule, null_scores, rule_of, summarise_null
+from baldr_ops.memory.keyspace import KeyRule, probe_relevance, reference_null_scores, rule_of, summarise_null
 from baldr_ops.memory.records import (
     TRUSTED_ORIGINS,
     UNTRUSTED_ORIGINS,
@@ -110,6 +111,9 @@ def measure_references(lm, layers: Sequence[int], rule: KeyRule | None = None,
         return centre, ref - centre, probes - centre
 
     key_parts = split(key_states_, key_layer)
+    within = _within_rows(lm, key_layer, rule, progress) if rule.metric == "within" else None
+    within_fields = {} if within is None else dict(n_within=len(within), key_within=encode_array(within),
+                                                    within_sha256=topic_corpus_fingerprint())
     out = {}
     for layer in layers:
         centre, ref, probes = split(states, layer)
@@ -119,8 +123,23 @@ def measure_references(lm, layers: Sequence[int], rule: KeyRule | None = None,
                                    d_model=int(ref.shape[1]), n_reference=len(ref), n_probes=len(probes),
                                    centre=encode_array(centre), reference=encode_array(ref),
                                    probes=encode_array(probes), key_layer=key_layer, key_metric=rule.metric,
-                                   key_pooling=rule.pooling, **keyed)
+                                   key_pooling=rule.pooling, **keyed, **within_fields)
     return out
+
+
+def _within_rows(lm, key_layer: int, rule: KeyRule, progress: Callable[[str], None]) -> np.ndarray:
+    """The topic corpus's key states at the key layer, each group centred on its own mean: how texts
+    on one subject vary, what the within metric divides down (`keyspace`)."""
+    groups = topic_groups()
+    texts = [t for group in groups for t in group]
+    progress(f"reading the topic corpus ({len(groups)} subjects, {len(texts)} texts) for the within-topic metric")
+    states = key_states(lm, texts, [key_layer], rule.pooling, progress=progress)[key_layer].numpy()
+    rows, start = [], 0
+    for group in groups:
+        part = states[start:start + len(group)]
+        rows.append(part - part.mean(axis=0))
+        start += len(group)
+    return np.concatenate(rows)
 
 
 def check_rule(layer: int, reference: ReferenceBody, rule: KeyRule | None, n_layers: int) -> None:
@@ -174,20 +193,20 @@ def _prepare(store: MemoryStore, state: LayerState, candidates: list[Candidate],
     live = [r for r in state.records.values() if r.status != "revoked"]
     by_source = {r.body.source_sha256: r.id for r in live}
     keys = [r.body.key_vector() for r in live]
-    metric = reference.key_metric or "centred"
     finite = [c for c in candidates if np.isfinite(c.key).all()]
-    # Each key's relevance to the generic texts, out of sample: its calibration, and (whitened) the
-    # probes' share of it for the magnet screen.
-    scores = dict(zip(map(id, finite), null_scores(metric, reference.generic_keys(),
-                                                   np.stack([c.key for c in finite])).T, strict=True)) if finite else {}
+    # Each key's relevance to the generic texts, out of sample: its calibration; and its relevance to
+    # the probes for the magnet screen.
+    stacked = np.stack([c.key for c in finite]) if finite else None
+    scores = dict(zip(map(id, finite), reference_null_scores(reference, stacked).T, strict=True)) if finite else {}
+    magnet = probe_relevance(reference, stacked) if finite else None
+    magnet = {} if magnet is None else dict(zip(map(id, finite), magnet.T, strict=True))
     for c in candidates:
         digest = sha256_text(c.text)
         if digest in by_source:
             c.skip_reason = f"already stored as {by_source[digest]}"
             continue
         null = scores.get(id(c))
-        probes = null[reference.n_reference:] if null is not None and metric == "whitened" else None
-        report = screen.screen(c.key, c.value, np.stack(keys) if keys else None, probe_relevance=probes)
+        report = screen.screen(c.key, c.value, np.stack(keys) if keys else None, probe_relevance=magnet.get(id(c)))
         ok = report.finite
         null_mean, null_std = summarise_null(null) if null is not None else (None, None)
         c.body = RecordBody(layer=c.layer, label=label, source_text=c.text, source_sha256=digest, origin=origin,

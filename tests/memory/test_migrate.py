@@ -1,6 +1,6 @@
-"""Store format v4 (the key rule with its pooling) and the migration of v2 and v3 stores: an older
-store is refused with a hint, `memory migrate` re-derives its records into a new store under the v4
-key rule, keeping labels, origins and decisions (revoked records stay behind), and leaves the old
+"""Store format v5 (the key rule with its pooling and the within-topic metric) and the migration of
+v2, v3 and v4 stores: an older store is refused with a hint, `memory migrate` re-derives its records
+into a new store under the v5 key rule, keeping labels, origins and decisions (revoked records stay behind), and leaves the old
 store untouched."""
 
 from __future__ import annotations
@@ -71,9 +71,10 @@ def test_a_v2_store_is_migrated_not_read(smollm2, session_key, tmp_path, monkeyp
     assert "paused" in json.loads((new / "DISABLED").read_text())["note"]
     store = MemoryStore.open(new, session_key, identity_of(smollm2))
     state = store.read_layer(13)
-    # The default v4 rule: topic keys at the second-to-last of SmolLM2's 30 layers, whitened.
+    # The default v5 rule: topic keys at the second-to-last of SmolLM2's 30 layers, within-topic metric.
     assert not state.problems and (state.reference.keyed_at, state.reference.pooling, state.reference.key_metric) == (
-        28, "topic", "whitened")
+        28, "topic", "within")
+    assert state.reference.within_rows().shape == (330, 576)
     new_ids = {r.old_id: r.new_id for r in report.records}
     for old_id in ids[:6]:
         body = state.records[new_ids[old_id]].body
@@ -90,8 +91,8 @@ def test_a_v2_store_is_migrated_not_read(smollm2, session_key, tmp_path, monkeyp
     # A target that is not empty is refused before anything is written.
     with pytest.raises(UserError, match="not an empty directory|already a memory store"):
         migrate_store(old, new, session_key, smollm2)
-    # A v4 store as the source: nothing to migrate, said as such (not "v4 is in format v4").
-    with pytest.raises(UserError, match="already in format .*v4.*nothing to migrate"):
+    # A v5 store as the source: nothing to migrate, said as such (not "v5 is in format v5").
+    with pytest.raises(UserError, match="already in format .*v5.*nothing to migrate"):
         migrate_store(new, tmp_path / "again", session_key, smollm2)
     assert not (tmp_path / "again").exists()
 
@@ -117,28 +118,30 @@ def test_migrate_on_the_command_line(smollm2, demo_model, session_key, tmp_path,
     assert np.isfinite([r.body.null_mean for r in state.records.values()]).all()
 
 
-def test_a_v3_store_is_migrated_to_topic_keys(smollm2, session_key, tmp_path, monkeypatch):
-    """A v3 store (mean keys at layer 24) is refused for use and migrated: the same records, now with
-    topic keys, and the finance prompt still recalls finance."""
+@pytest.mark.parametrize("version, rule", [("v3", {"layer": 24, "pooling": "mean", "metric": "whitened"}),
+                                           ("v4", {"pooling": "topic", "metric": "whitened"})])
+def test_a_v3_or_v4_store_is_migrated_to_the_v5_rule(smollm2, session_key, tmp_path, monkeypatch, version, rule):
+    """A v3 store (whitened mean keys at layer 24) or a v4 one (whitened topic keys at 28) is refused
+    for use and migrated: the same records, now with topic keys in the within-topic metric, and the
+    finance prompt still recalls finance."""
     from baldr_ops.memory.keyspace import KeyRule
     from baldr_ops.memory.writer import add_texts
 
     old, new = tmp_path / "old", tmp_path / "new"
-    monkeypatch.setattr(store_module, "FORMAT", store_module.FORMAT_V3)
+    monkeypatch.setattr(store_module, "FORMAT", getattr(store_module, f"FORMAT_{version.upper()}"))
     store = MemoryStore.create(old, identity_of(smollm2), session_key)
     for domain in DOMAINS[:3:2]:
-        for added in add_texts(store, smollm2, domain.memories, [13], label=domain.name,
-                               key_rule=KeyRule(layer=24, pooling="mean")):
+        for added in add_texts(store, smollm2, domain.memories, [13], label=domain.name, key_rule=KeyRule(**rule)):
             store.decide(added.id, "approve")
     monkeypatch.undo()
-    with pytest.raises(UserError, match="v3") as refused:
+    with pytest.raises(UserError, match=version) as refused:
         MemoryStore.open(old, session_key)
     assert "memory migrate" in refused.value.hint
     report = migrate_store(old, new, session_key, smollm2)
     assert [r.status for r in report.records] == ["approved"] * 8
     store = MemoryStore.open(new, session_key, identity_of(smollm2))
     state = store.read_layer(13)
-    assert (state.reference.keyed_at, state.reference.pooling) == (28, "topic")
+    assert (state.reference.keyed_at, state.reference.pooling, state.reference.key_metric) == (28, "topic", "within")
     runtime = MemoryRuntime.load(store, smollm2, [LayerSettings(layer=13)])
     with runtime.session(smollm2.tokenize(FINANCE_PROMPT)) as session:
         pass

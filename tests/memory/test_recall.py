@@ -3,6 +3,7 @@ threshold; relevance in the key space; fixed gate; nothing above the threshold r
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -80,6 +81,37 @@ def test_queries_and_keys_meet_in_the_key_space():
     recall = memory.recall(q)
     assert recall.record_ids == [["x", "y"]]  # plain cosine would give x only 0.01
     assert [r for _, r in recall.top_relevance[0]] == pytest.approx([2 ** -0.5] * 2)
+
+
+def test_the_within_metric_divides_down_how_one_subject_varies():
+    """Two subjects that differ along dimension 1 and whose texts vary along dimension 0: fitted to
+    such groups, the within metric makes a text and another of its subject alike, and keeps texts of
+    two subjects apart, where plain cosine (and generic whitening) find the cross-subject pair closer.
+    Its null scores need no folds: the space never sees the generic texts."""
+    from baldr_ops.memory.keyspace import KeySpace, null_scores
+
+    rng = np.random.default_rng(0)
+    wording = rng.normal(size=(200, 1)) * 10.0            # large, within every subject
+    noise = rng.normal(size=(200, 3)) * 0.1
+    groups = np.concatenate([wording, np.zeros((200, 2))], axis=1) + noise
+    within = np.concatenate([groups[:100] - groups[:100].mean(0), groups[100:] - groups[100:].mean(0)])
+    space = KeySpace.fit("within", np.zeros((4, 3)), within)
+    a1, a2, b = (torch.tensor(v, dtype=torch.float32) for v in ([2.0, 1, 0], [-2.0, 1, 0], [2.0, -1, 0]))
+
+    def cos(x, y, s):
+        x, y = s.apply(x), s.apply(y)
+        return float(x @ y / (x.norm() * y.norm()))
+
+    plain = KeySpace("centred")
+    assert cos(a1, a2, plain) < 0 < cos(a1, b, plain)     # wording dominates the plain cosine
+    assert cos(a1, a2, space) > 0.9 and cos(a1, b, space) < -0.9
+    generic = rng.normal(size=(16, 3))
+    scores = null_scores("within", generic, a1.numpy()[None].astype(np.float64), within=within)
+    direct = (space.apply(torch.from_numpy(generic).float()) @ space.apply(a1)).numpy() / (
+        np.linalg.norm(space.apply(torch.from_numpy(generic).float()).numpy(), axis=1) * float(space.apply(a1).norm()))
+    assert scores[:, 0] == pytest.approx(direct, abs=1e-5)
+    with pytest.raises(ValueError, match="topic corpus"):
+        KeySpace.fit("within", generic)
 
 
 def test_zero_strength_or_empty_memory_is_inactive():

@@ -108,8 +108,8 @@ def test_rederivation_matches_and_catches_a_substituted_vector(store_copy, smoll
 def test_screens_against_the_clean_reference(store_copy, local_copy, smollm2, keys):
     """Clean held-out memories pass; a 1000x vector, a random direction and a magnet built from an
     attacker's own generic prompts do not. Keys at the layer itself are screened with plain cosine,
-    topic keys at layer 28 (whitened) with the probes' out-of-sample relevance, as the add path does."""
-    from baldr_ops.memory.keyspace import null_scores
+    topic keys at layer 28 with the probes' out-of-sample whitened relevance, as the add path does."""
+    from baldr_ops.memory.keyspace import probe_relevance
 
     store = local_copy if keys == "local" else store_copy
     state = store.read_layer(13)
@@ -122,10 +122,10 @@ def test_screens_against_the_clean_reference(store_copy, local_copy, smollm2, ke
     key_states = key_states - key_centre
     clean, attacker = values[:len(CLEAN)], key_states[len(CLEAN):]
     clean_keys = key_states[:len(CLEAN)]
-    whitened = reference.key_metric == "whitened"
 
     def probes(k):  # what the add path gives the magnet screen
-        return null_scores("whitened", reference.generic_keys(), k)[reference.n_reference:, 0] if whitened else None
+        relevance = probe_relevance(reference, k)
+        return None if relevance is None else relevance[:, 0]
 
     reports = [screen.screen(k, v, probe_relevance=probes(k)) for k, v in zip(clean_keys, clean, strict=True)]
     accepted = np.mean([not r.flags for r in reports])
