@@ -51,7 +51,8 @@ def _key_rule_arguments(p) -> None:
     p.add_argument("--key-metric", choices=("within", "whitened", "centred"),
                    help="store option, fixed by a layer's first records: how keys are compared (default within: "
                         "cosine after whitening by how texts on one subject vary, from a built-in topic corpus; "
-                        "whitened: by the reference texts' covariance, format v4; centred: plain cosine, format v2)")
+                        "whitened: by the generic texts' covariance (reference texts and probes), formats v3-v4; centred: "
+                        "plain cosine, format v2)")
 
 
 def _key_rule(args, lm):

@@ -135,24 +135,36 @@ def null_scores(metric: KeyMetric, generic: np.ndarray, keys: np.ndarray, folds:
     generic = np.asarray(generic, dtype=np.float64)
     keys_t = torch.from_numpy(np.asarray(keys, dtype=np.float64).reshape(-1, generic.shape[1]))
     scores = torch.empty((len(generic), keys_t.shape[0]), dtype=torch.float64)
-    fold = np.zeros(len(generic), dtype=int) if metric == "within" else np.arange(len(generic)) % folds
-    for f in np.unique(fold):
+    if metric == "within":  # fitted to the corpus alone: every generic text is out of sample at once
+        space = _double(KeySpace.fit(metric, generic, within))
+        return (unit(space.apply(torch.from_numpy(generic))) @ unit(space.apply(keys_t)).T).numpy()
+    fold = np.arange(len(generic)) % folds
+    for f in range(folds):
         held = fold == f
-        space = KeySpace.fit(metric, generic if metric == "within" else generic[~held], within)
-        if space.directions is not None:
-            space = KeySpace(metric, space.directions.double(), space.scales.double(), space.floor_scale)
+        space = _double(KeySpace.fit(metric, generic[~held]))
         scores[torch.from_numpy(held)] = unit(space.apply(torch.from_numpy(generic[held]))) @ unit(
             space.apply(keys_t)).T
     return scores.numpy()
 
 
-def probe_relevance(reference: ReferenceBody, keys: np.ndarray) -> np.ndarray | None:
+def _double(space: KeySpace) -> KeySpace:
+    """The space in float64, as calibration computes."""
+    if space.directions is None:
+        return space
+    return KeySpace(space.metric, space.directions.double(), space.scales.double(), space.floor_scale)
+
+
+def probe_relevance(reference: ReferenceBody, keys: np.ndarray, null: np.ndarray | None = None) -> np.ndarray | None:
     """[n_probes, n_keys]: each key's out-of-sample relevance to the probe prompts in the *whitened*
     metric, what the retrieval-magnet screen reads whatever metric recall uses (its limit was measured
-    there); None for the centred metric, whose screen takes plain cosines."""
-    if (reference.key_metric or "centred") == "centred":
+    there); None for the centred metric, whose screen takes plain cosines. ``null``: the keys'
+    `reference_null_scores`, reused when the metric is whitened (they are the same scores)."""
+    metric = reference.key_metric or "centred"
+    if metric == "centred":
         return None
-    return null_scores("whitened", reference.generic_keys(), keys)[reference.n_reference:]
+    if metric != "whitened" or null is None:
+        null = null_scores("whitened", reference.generic_keys(), keys)
+    return null[reference.n_reference:]
 
 
 def reference_null_scores(reference: ReferenceBody, keys: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from baldr_ops.memory.identity import ModelIdentity
 from baldr_ops.memory.keys import SigningKey
@@ -34,7 +34,7 @@ Kind = Literal["reference", "record", "decision"]
 KeyMetric = Literal["centred", "whitened", "within"]  # how keys are compared (`keyspace`)
 KeyPooling = Literal["mean", "topic"]  # how a text becomes one state at the key layer (`derive.key_states`)
 KEY_RULE = ("key: the text's state at the key layer by the reference's key pooling, minus its reference centre, "
-            "compared in the reference's key metric; value: mean of positions 1.. at the layer, minus its centre (v4)")
+            "compared in the reference's key metric; value: mean of positions 1.. at the layer, minus its centre (v5)")
 TRUSTED_ORIGINS = ("operator", "user")
 UNTRUSTED_ORIGINS = ("model", "tool", "web", "import")
 
@@ -96,6 +96,15 @@ class ReferenceBody(_Body):
     n_within: int | None = None
     key_within: str | None = None
     within_sha256: str | None = None
+
+    @model_validator(mode="after")
+    def _within_has_its_corpus(self) -> ReferenceBody:
+        # The within metric is fitted to the stored corpus rows: one without the other is not a
+        # reference this kit writes (parsing then reports the entry as corrupt).
+        if (self.key_metric == "within") != (self.key_within is not None) or (
+                (self.key_within is None) != (self.n_within is None)):
+            raise ValueError("a within-topic key metric needs its topic-corpus rows, and only it has them")
+        return self
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         d = self.d_model

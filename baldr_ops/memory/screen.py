@@ -15,8 +15,8 @@ Measured against the layer's reference (the pooled states of the built-in refere
   n << d, barely sees. Limit: ``span_factor`` times the smallest cross-validated fraction;
 * retrieval magnet: the fraction of generic probe prompts whose cosine with the key exceeds
   ``magnet_cosine`` (a key close to many unrelated prompts would be recalled for anything); for
-  whitened keys, the probes' relevance in the key metric measured out of sample (as calibration
-  measures it) against ``magnet_relevance``;
+  whitened and within keys, the probes' relevance in the whitened metric measured out of sample (as
+  calibration measures it there) against ``magnet_relevance``, where its limit was measured;
 * near-duplicate flood: more than ``max_near_duplicates`` existing keys within
   ``near_duplicate_cosine``.
 

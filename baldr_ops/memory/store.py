@@ -346,8 +346,8 @@ class MemoryStore:
     @classmethod
     def open(cls, directory: str | os.PathLike, key: SigningKey, model: ModelIdentity | None = None, *,
              formats: Sequence[str] = (FORMAT,)) -> MemoryStore:
-        """Open a store whose header is signed with ``key``; ``formats``: the formats accepted (a v2 or
-        v3 store is opened only to migrate it)."""
+        """Open a store whose header is signed with ``key``; ``formats``: the formats accepted (a v2, v3
+        or v4 store is opened only to migrate it)."""
         directory = Path(directory).expanduser()
         path = directory / HEADER
         if not path.is_file():

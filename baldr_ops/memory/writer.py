@@ -197,8 +197,9 @@ def _prepare(store: MemoryStore, state: LayerState, candidates: list[Candidate],
     # Each key's relevance to the generic texts, out of sample: its calibration; and its relevance to
     # the probes for the magnet screen.
     stacked = np.stack([c.key for c in finite]) if finite else None
-    scores = dict(zip(map(id, finite), reference_null_scores(reference, stacked).T, strict=True)) if finite else {}
-    magnet = probe_relevance(reference, stacked) if finite else None
+    null = reference_null_scores(reference, stacked) if finite else None
+    scores = dict(zip(map(id, finite), null.T, strict=True)) if finite else {}
+    magnet = probe_relevance(reference, stacked, null) if finite else None
     magnet = {} if magnet is None else dict(zip(map(id, finite), magnet.T, strict=True))
     for c in candidates:
         digest = sha256_text(c.text)

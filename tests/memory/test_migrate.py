@@ -18,6 +18,7 @@ from baldr_ops.memory.config import LayerSettings
 from baldr_ops.memory.derive import pooled
 from baldr_ops.memory.domains import DOMAINS
 from baldr_ops.memory.identity import identity_of
+from baldr_ops.memory.keyspace import KeyRule
 from baldr_ops.memory.migrate import migrate_store
 from baldr_ops.memory.records import RecordBody, encode_array, now, sha256_text
 from baldr_ops.memory.runtime import MemoryRuntime
@@ -34,7 +35,9 @@ def _v2_store(lm, key, directory, monkeypatch):
     the value (centred state at the layer) and no calibration."""
     monkeypatch.setattr(store_module, "FORMAT", store_module.FORMAT_V2)
     store = MemoryStore.create(directory, identity_of(lm), key)
-    reference = measure_references(lm, [13])[13].model_copy(update={"key_layer": None, "key_metric": None})
+    rule = KeyRule(layer=13, pooling="mean", metric="centred")  # a v2 reference had no key rule and no corpus
+    reference = measure_references(lm, [13], rule)[13].model_copy(
+        update={"key_layer": None, "key_metric": None, "key_pooling": None})
     (reference_id,) = store.append(13, [("reference", reference)])
     centre = reference.arrays()[0]
     texts = [(d.name, t) for d in DOMAINS[:3:2] for t in d.memories]  # cooking and finance
@@ -124,7 +127,6 @@ def test_a_v3_or_v4_store_is_migrated_to_the_v5_rule(smollm2, session_key, tmp_p
     """A v3 store (whitened mean keys at layer 24) or a v4 one (whitened topic keys at 28) is refused
     for use and migrated: the same records, now with topic keys in the within-topic metric, and the
     finance prompt still recalls finance."""
-    from baldr_ops.memory.keyspace import KeyRule
     from baldr_ops.memory.writer import add_texts
 
     old, new = tmp_path / "old", tmp_path / "new"

@@ -86,7 +86,7 @@ def test_queries_and_keys_meet_in_the_key_space():
 def test_the_within_metric_divides_down_how_one_subject_varies():
     """Two subjects that differ along dimension 1 and whose texts vary along dimension 0: fitted to
     such groups, the within metric makes a text and another of its subject alike, and keeps texts of
-    two subjects apart, where plain cosine (and generic whitening) find the cross-subject pair closer.
+    two subjects apart, where plain cosine finds the cross-subject pair closer.
     Its null scores need no folds: the space never sees the generic texts."""
     from baldr_ops.memory.keyspace import KeySpace, null_scores
 
@@ -112,6 +112,24 @@ def test_the_within_metric_divides_down_how_one_subject_varies():
     assert scores[:, 0] == pytest.approx(direct, abs=1e-5)
     with pytest.raises(ValueError, match="topic corpus"):
         KeySpace.fit("within", generic)
+
+
+def test_a_within_reference_needs_its_corpus_rows():
+    """A reference whose metric is within but that carries no corpus rows (or rows under another
+    metric) does not parse: the store then reports the entry as corrupt instead of failing at recall."""
+    from pydantic import ValidationError
+
+    from baldr_ops.memory.records import ReferenceBody, encode_array
+
+    one = encode_array(np.zeros((1, 2), dtype=np.float32))
+    base = dict(layer=0, corpus_sha256="x", created_at="t", d_model=2, n_reference=1, n_probes=1,
+                centre=encode_array(np.zeros(2, dtype=np.float32)), reference=one, probes=one)
+    assert ReferenceBody(**base, key_metric="within", key_within=one, n_within=1).within_rows().shape == (1, 2)
+    assert ReferenceBody(**base, key_metric="whitened").within_rows() is None
+    for broken in ({"key_metric": "within"}, {"key_metric": "whitened", "key_within": one, "n_within": 1},
+                   {"key_metric": "within", "key_within": one}):
+        with pytest.raises(ValidationError, match="topic-corpus rows"):
+            ReferenceBody(**base, **broken)
 
 
 def test_zero_strength_or_empty_memory_is_inactive():
