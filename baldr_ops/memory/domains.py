@@ -21,6 +21,7 @@ therefore in sample; tests/memory/data holds the sets written after that, never 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -344,11 +345,17 @@ def load_domain_set(path: str | Path) -> DomainSet:
 TOPIC_CORPUS = tuple(Path(__file__).parent / "data" / f"domains-set{i}.json" for i in range(2, 8))
 
 
+@functools.cache  # read and validated once per process; the result is immutable
 def topic_groups() -> tuple[tuple[str, ...], ...]:
     """One group per domain of the shipped sets: its memories and its queries, texts on one subject
     in two styles (statements and unfinished prompts), in a fixed order."""
     return tuple(tuple(d.memories) + tuple(q.text for q in s.queries if q.domain == d.name)
                  for s in map(load_domain_set, TOPIC_CORPUS) for d in s.domains)
+
+
+def topic_texts() -> frozenset[str]:
+    """Every text of the topic corpus."""
+    return frozenset(t for group in topic_groups() for t in group)
 
 
 def topic_corpus_fingerprint() -> str:

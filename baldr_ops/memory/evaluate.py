@@ -46,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from baldr_ops.memory.compare import kl, next_token_probs
 from baldr_ops.memory.config import LayerSettings, default_layer
 from baldr_ops.memory import derive
-from baldr_ops.memory.domains import BUILTIN, DomainSet, topic_groups
+from baldr_ops.memory.domains import BUILTIN, DomainSet, topic_texts
 from baldr_ops.memory.identity import identity_of
 from baldr_ops.memory.index import unit
 from baldr_ops.memory.keys import ephemeral_key
@@ -542,7 +542,7 @@ def run(lm, settings: EvalSettings | None = None, domain_set: DomainSet = BUILTI
 
 
 def _in_topic_corpus(domain_set: DomainSet) -> int:
-    corpus = {text for group in topic_groups() for text in group}
+    corpus = topic_texts()
     texts = [m for d in domain_set.domains for m in d.memories] + [q.text for q in domain_set.queries]
     return sum(text in corpus for text in texts)
 

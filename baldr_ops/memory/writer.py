@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict
 
 from baldr_ops.errors import UserError
 from baldr_ops.memory import corpus
-from baldr_ops.memory.domains import topic_corpus_fingerprint, topic_groups
+from baldr_ops.memory.domains import topic_corpus_fingerprint
 from baldr_ops.memory.config import ScreenSettings
 from baldr_ops.memory.derive import key_states, pooled
 from baldr_ops.memory.identity import ModelIdentity, identity_of, require_same_model
@@ -50,6 +50,7 @@ from baldr_ops.memory.records import (
 )
 from baldr_ops.memory.screen import ReferenceScreen
 from baldr_ops.memory.store import LayerState, MemoryStore, StoreAppeared
+from baldr_ops.memory.within import within_rows
 
 UNTRUSTED_FLAG = "untrusted-origin"
 
@@ -111,7 +112,7 @@ def measure_references(lm, layers: Sequence[int], rule: KeyRule | None = None,
         return centre, ref - centre, probes - centre
 
     key_parts = split(key_states_, key_layer)
-    within = _within_rows(lm, key_layer, rule, progress) if rule.metric == "within" else None
+    within = within_rows(lm, key_layer, rule.pooling, progress) if rule.metric == "within" else None
     within_fields = {} if within is None else dict(n_within=len(within), key_within=encode_array(within),
                                                     within_sha256=topic_corpus_fingerprint())
     out = {}
@@ -125,21 +126,6 @@ def measure_references(lm, layers: Sequence[int], rule: KeyRule | None = None,
                                    probes=encode_array(probes), key_layer=key_layer, key_metric=rule.metric,
                                    key_pooling=rule.pooling, **keyed, **within_fields)
     return out
-
-
-def _within_rows(lm, key_layer: int, rule: KeyRule, progress: Callable[[str], None]) -> np.ndarray:
-    """The topic corpus's key states at the key layer, each group centred on its own mean: how texts
-    on one subject vary, what the within metric divides down (`keyspace`)."""
-    groups = topic_groups()
-    texts = [t for group in groups for t in group]
-    progress(f"reading the topic corpus ({len(groups)} subjects, {len(texts)} texts) for the within-topic metric")
-    states = key_states(lm, texts, [key_layer], rule.pooling, progress=progress)[key_layer].numpy()
-    rows, start = [], 0
-    for group in groups:
-        part = states[start:start + len(group)]
-        rows.append(part - part.mean(axis=0))
-        start += len(group)
-    return np.concatenate(rows)
 
 
 def check_rule(layer: int, reference: ReferenceBody, rule: KeyRule | None, n_layers: int) -> None:
@@ -196,11 +182,14 @@ def _prepare(store: MemoryStore, state: LayerState, candidates: list[Candidate],
     finite = [c for c in candidates if np.isfinite(c.key).all()]
     # Each key's relevance to the generic texts, out of sample: its calibration; and its relevance to
     # the probes for the magnet screen.
-    stacked = np.stack([c.key for c in finite]) if finite else None
-    null = reference_null_scores(reference, stacked) if finite else None
-    scores = dict(zip(map(id, finite), null.T, strict=True)) if finite else {}
-    magnet = probe_relevance(reference, stacked, null) if finite else None
-    magnet = {} if magnet is None else dict(zip(map(id, finite), magnet.T, strict=True))
+    scores, magnet = {}, {}
+    if finite:
+        stacked = np.stack([c.key for c in finite])
+        null = reference_null_scores(reference, stacked)
+        scores = dict(zip(map(id, finite), null.T, strict=True))
+        relevance = probe_relevance(reference, stacked, null)
+        if relevance is not None:
+            magnet = dict(zip(map(id, finite), relevance.T, strict=True))
     for c in candidates:
         digest = sha256_text(c.text)
         if digest in by_source:
