@@ -11,7 +11,7 @@ SHIM_FFI  := shims/_baldr_memcap_cffi.py
 # cffi generates the Python side; the venv has it, a bare box may have it system-wide.
 FFI_PY    := $(if $(wildcard $(VPY)),$(VPY),$(PY))
 PYTEST    := $(VPY) -m pytest
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=25
 
 .PHONY: setup shim shim-asan shim-tsan test test-fast bench lint demo clean
 

@@ -22,7 +22,7 @@ from baldr_ops.memory.keyspace import KeyRule
 from baldr_ops.memory.migrate import migrate_store
 from baldr_ops.memory.records import RecordBody, encode_array, now, sha256_text
 from baldr_ops.memory.runtime import MemoryRuntime
-from baldr_ops.memory.store import MemoryStore
+from baldr_ops.memory.store import MIGRATABLE, MemoryStore
 from baldr_ops.memory.writer import measure_references
 
 pytestmark = pytest.mark.research
@@ -149,3 +149,29 @@ def test_a_v3_or_v4_store_is_migrated_to_the_v5_rule(smollm2, session_key, tmp_p
         pass
     recalled = session.recalls[13].record_ids[0]
     assert recalled and {state.records[r].body.label for r in recalled} == {"finance"}
+
+
+def test_migrating_a_v4_store_with_its_own_metric_keeps_its_keys(smollm2, session_key, tmp_path, monkeypatch):
+    """`migrate --key-metric whitened` on a v4 store re-derives the same keys, values and calibration
+    (the v4 rule under a v5 header), and measures no topic corpus."""
+    from baldr_ops.memory.writer import add_texts
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    v4_rule = KeyRule(pooling="topic", metric="whitened")
+    monkeypatch.setattr(store_module, "FORMAT", store_module.FORMAT_V4)
+    store = MemoryStore.create(old, identity_of(smollm2), session_key)
+    for added in add_texts(store, smollm2, DOMAINS[2].memories, [13], label=DOMAINS[2].name, key_rule=v4_rule):
+        store.decide(added.id, "approve")
+    monkeypatch.undo()
+    before = MemoryStore.open(old, session_key, formats=MIGRATABLE).read_layer(13)
+    report = migrate_store(old, new, session_key, smollm2, key_rule=v4_rule)
+    assert [r.status for r in report.records] == ["approved"] * 4
+    after = MemoryStore.open(new, session_key, identity_of(smollm2)).read_layer(13)
+    assert (after.reference.keyed_at, after.reference.pooling, after.reference.key_metric) == (28, "topic", "whitened")
+    assert after.reference.key_within is None
+    old_records = {r.body.source_text: r.body for r in before.records.values()}
+    for record in after.records.values():
+        was = old_records[record.body.source_text]
+        np.testing.assert_allclose(record.body.key_vector(), was.key_vector(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(record.body.value_vector(), was.value_vector(), rtol=1e-5, atol=1e-6)
+        assert abs(record.body.null_mean - was.null_mean) < 1e-6 and abs(record.body.null_std - was.null_std) < 1e-6
