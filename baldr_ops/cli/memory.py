@@ -28,8 +28,10 @@ Key: --key-file, else $BALDR_MEMORY_KEY (hex), else $BALDR_MEMORY_KEY_FILE, else
 """
 
 LAYER_SPEC_HELP = ("a layer, optionally with its own settings: 13 or 13:strength=1,threshold_z=2.5,top_k=4,"
-                   "clip=0.5,weight_cap=0.5,query=prompt|running (threshold=0.2: a fixed threshold instead of the "
-                   "calibrated one); repeat for several layers")
+                   "clip=0.5,weight_cap=0.5,query=prompt|running,recall_by=label|record (threshold=0.2: a fixed "
+                   "threshold instead of the calibrated one); repeat for several layers")
+RECALL_BY_HELP = ("label (default): records sharing a label are recalled together, by the relevance of their mean key "
+                  "(an unlabelled record alone); record: each record by its own relevance")
 
 
 def _store_arguments(p, key=True) -> None:
@@ -82,6 +84,7 @@ def _layer_settings_arguments(p) -> None:
                                                      "(default 2.5)")
     p.add_argument("--clip", type=float, help="per-token clip as a fraction of ||h|| for every layer without its "
                                               "own (default 0.5)")
+    p.add_argument("--recall-by", choices=("label", "record"), help=RECALL_BY_HELP)
     p.add_argument("--rederive", action="store_true",
                    help="re-derive every record from its text before use and leave out those that do not match")
 
@@ -189,6 +192,7 @@ def register(subparsers) -> None:
     s.add_argument("--domains", metavar="FILE",
                    help="a JSON domain set (domains with memories, held-out sentences and queries; neutral queries "
                         "and text) to evaluate on instead of the built-in one; format in docs/memory.md")
+    s.add_argument("--recall-by", choices=("label", "record"), default="label", help=RECALL_BY_HELP)
     _key_rule_arguments(s)
     _json_argument(s)
     s.set_defaults(func=run_eval)
@@ -453,7 +457,8 @@ def run_audit(args) -> int:
 def _settings_defaults(args) -> dict:
     """The settings given for every layer, checked (with any --layer specs) before the model loads."""
     defaults = {k: v for k, v in (("strength", args.strength), ("threshold", args.threshold),
-                                  ("threshold_z", args.threshold_z), ("clip", args.clip)) if v is not None}
+                                  ("threshold_z", args.threshold_z), ("clip", args.clip),
+                                  ("recall_by", args.recall_by)) if v is not None}
     for spec in args.layer or []:
         parse_layer_settings(spec, defaults)
     if not args.layer:
@@ -509,8 +514,10 @@ def run_ab(args) -> int:
               f"of generated tokens", f"vocabulary                {', '.join(report.vocabulary[:15])}"]
     for layer in report.layers:
         lines.append(f"layer {layer.layer} ({layer.key_pooling} keys at layer {layer.key_layer}, threshold {layer.threshold}, "
-                     f"strength {layer.strength}):")
-        lines += [f"  r {c.relevance:+.3f}" + (f" / t {c.threshold:+.3f}" if c.threshold is not None else "")
+                     f"strength {layer.strength}, recall by {layer.recall_by}):")
+        lines += [f"  r {c.relevance:+.3f}" + (f" / label {c.label_relevance:+.3f}" if c.label_relevance is not None
+                                                else "")
+                  + (f" / t {c.threshold:+.3f}" if c.threshold is not None else "")
                   + f"  w {c.weight:.3f}  {c.label or '-':10} {_short(c.text, 50)}" for c in layer.candidates]
     _print(report, args, "\n".join(lines))
     return 0
@@ -521,11 +528,13 @@ def run_eval(args) -> int:
 
     domain_set = load_domain_set(args.domains) if args.domains else BUILTIN  # before the model loads
     require_research_extra()
+    from baldr_ops.memory.config import LayerSettings
     from baldr_ops.memory.evaluate import EvalSettings, run
 
     lm = load_model_from_args(args)
     rule = _key_rule(args, lm)
     report = run(lm, EvalSettings(layer=args.layer, fixed_strength=args.fixed_strength, random_seeds=args.seeds,
+                                  gated=LayerSettings(layer=0, recall_by=args.recall_by),
                                   **({"key_rule": rule} if rule else {})), domain_set, progress=progress)
     h = report.headline
     lines = [f"model {report.model}, layer {report.layer} ({report.layer_source}), {report.key_pooling} keys at layer "
@@ -543,7 +552,8 @@ def run_eval(args) -> int:
               f"{d.kl_mean:.3f} / {d.kl_neutral:.3f}  {d.perplexity_ratio:.3f}" for d in report.dose]
     g = report.gated
     lines += [f"relevance-gated (defaults: strength {g.settings.strength}, threshold "
-              f"{g.settings.describe_threshold()}, weight cap {g.settings.weight_cap}): {g.recalled_pairs} of "
+              f"{g.settings.describe_threshold()}, recall by {g.settings.recall_by}, weight cap {g.settings.weight_cap}): "
+              f"{g.recalled_pairs} of "
               f"{report.queries * len(report.domains)} pairs recalled, mean dose {g.weight_total:.2f}; own-domain "
               f"shift {g.own_domain_shift:+.5f} where recalled; neutral queries recalling {h.neutral_recall.mean:.0%}"]
     if report.flagged_memories:

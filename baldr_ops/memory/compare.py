@@ -90,7 +90,9 @@ class Candidate(BaseModel):
     id: str
     label: str | None
     relevance: float
-    threshold: float | None  # the record's threshold (calibrated, or the layer's); None: fixed gate
+    # recalling by label: the relevance of the record's label group, which the gate reads
+    label_relevance: float | None = None
+    threshold: float | None  # what the gate holds against (the group's, or the record's); None: fixed gate
     weight: float
     text: str
 
@@ -103,6 +105,7 @@ class LayerRecall(BaseModel):
     key_pooling: str
     threshold: str  # a number, or "calibrated (z ...)"
     strength: float
+    recall_by: str
     candidates: list[Candidate]
 
 
@@ -153,12 +156,16 @@ def ab(lm, runtime: MemoryRuntime, prompt: str, max_new_tokens: int = 40, chat: 
         if recall is None:
             continue
         weights = dict(zip(recall.record_ids[0], recall.weights[0], strict=True))
-        cands = [Candidate(id=rid, label=bodies[rid].label, relevance=r, threshold=record_threshold(memory, rid),
-                           weight=weights.get(rid, 0.0), text=bodies[rid].source_text)
-                 for rid, r in recall.top_relevance[0]]
+        groups = recall.top_group_relevance
+        cands = [Candidate(id=rid, label=bodies[rid].label, relevance=r,
+                           label_relevance=groups[0][j] if groups is not None else None,
+                           threshold=memory.threshold_of(rid), weight=weights.get(rid, 0.0),
+                           text=bodies[rid].source_text)
+                 for j, (rid, r) in enumerate(recall.top_relevance[0])]
         layers.append(LayerRecall(layer=layer, key_layer=memory.key_layer, key_pooling=memory.key_pooling,
                                   threshold=memory.settings.describe_threshold(),
-                                  strength=memory.settings.strength, candidates=cands))
+                                  strength=memory.settings.strength, recall_by=memory.settings.recall_by,
+                                  candidates=cands))
         chosen = [c for c in cands if c.weight > 0] or cands
         sources += [c.text for c in chosen]
     vocab = lexicon(lm.tokenizer, sources) if sources else []
@@ -171,16 +178,6 @@ def ab(lm, runtime: MemoryRuntime, prompt: str, max_new_tokens: int = 40, chat: 
                     vocabulary_share_without=_share(base.token_ids, vocab_set),
                     vocabulary_share_with=_share(nudged.token_ids, vocab_set),
                     generation_id=nudged.audit.generation_id if nudged.audit else None)
-
-
-def record_threshold(memory, record_id: str) -> float | None:
-    """The threshold a record's relevance is held against (None under the fixed gate)."""
-    s = memory.settings
-    if s.gate != "relevance":
-        return None
-    if memory.thresholds is None:
-        return s.threshold
-    return float(memory.thresholds[memory.record_ids.index(record_id)])
 
 
 def _bodies(runtime: MemoryRuntime) -> dict:

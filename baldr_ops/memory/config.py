@@ -30,6 +30,12 @@ class LayerSettings(BaseModel):
     ``threshold_z`` null standard deviations ("relevance" gate); or w_i = min(weight_cap, strength /
     top_k) for the top_k records whatever their relevance ("fixed", for evaluation only);
     delta = sum_i w_i v_i, clipped per token to clip * ||h_token||.
+
+    ``recall_by`` "label": records sharing a label are recalled together, by the relevance of their
+    group's key (the mean of their keys, calibrated like a record's) to the query; each of the
+    group's records among the top_k then gets the group's weight divided by their number, so a group
+    nudges like one record holding their mean value. A record without a label is a group of its own
+    (as under "record", where each record is gated by its own relevance).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -42,6 +48,7 @@ class LayerSettings(BaseModel):
     weight_cap: float = Field(0.5, ge=0.0)
     clip: float = Field(0.5, ge=0.0, le=4.0)
     gate: Literal["relevance", "fixed"] = "relevance"
+    recall_by: Literal["label", "record"] = "label"  # chosen on sets 8 and 9, checked on 10 and 11 (docs/memory.md)
     # "prompt": recall once from the pooled prompt and keep that nudge for the whole generation;
     # "running": recall again at every step from the mean of every token's state so far (needs keys
     # at the nudged layer).

@@ -389,12 +389,8 @@ def run(lm, settings: EvalSettings | None = None, domain_set: DomainSet = BUILTI
     gated_memories = {n: domain_memory(n) for n in names}
     recalls = {n: m.recall(key_states) for n, m in gated_memories.items()}
     active = np.array([[bool(recalls[n].record_ids[q]) for n in names] for q in range(n_q)])  # [q, d]
-    margin = np.zeros((n_q, n_d))  # the best record's relevance minus its threshold
-    for d, n in enumerate(names):
-        memory = gated_memories[n]
-        scores, rows = memory.index.search(memory.query(key_states), memory.size)
-        thresholds = memory.thresholds[rows] if memory.thresholds is not None else gated_settings.threshold
-        margin[:, d] = (scores - thresholds).max(dim=1).values.cpu().numpy()
+    # the best margin over a threshold (a record's, or its label group's) of each query/domain pair
+    margin = np.stack([gated_memories[n].margins(key_states).max(dim=1).values.cpu().numpy() for n in names], axis=1)
     domain_rows = ~neutral
 
     def rate(mask: np.ndarray) -> Interval:

@@ -8,6 +8,11 @@ threshold t_i = the settings' ``threshold``, or else the record's calibrated thr
           max(0, null mean + threshold_z * null std);
 delta       = sum_i w_i v_i over the top_k records by relevance; the per-token clip is applied by the hook.
 
+Recall by label (the default): records that share a label form a group with one key, the mean of
+their keys, and one calibrated threshold t_g; for each of the group's records among the top_k,
+r_i - t_i above becomes r_g - t_g, and the group's weight is shared among them (divided by their
+number). A record without a label is its own group, which is the per-record rule.
+
 With the relevance gate, records at or below their threshold get weight exactly 0, so a query that
 matches nothing recalls nothing and the hook leaves the model untouched.
 """
@@ -15,11 +20,12 @@ matches nothing recalls nothing and the hook leaves the model untouched.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 
 from baldr_ops.memory.config import LayerSettings
-from baldr_ops.memory.index import ExactIndex, IndexFactory, VectorIndex, build_index
+from baldr_ops.memory.index import ExactIndex, IndexFactory, VectorIndex, build_index, unit
 from baldr_ops.memory.keyspace import KeySpace, calibrated_thresholds
 
 
@@ -29,12 +35,14 @@ class Recall:
     them on first use, in one copy.
 
     ``scores``/``rows``/``weight_matrix``: [batch, k] top-k cosine, key row and weight; ``delta``:
-    [batch, d] float32, zero rows where nothing was recalled."""
+    [batch, d] float32, zero rows where nothing was recalled; ``group_scores`` [batch, k], recalling by
+    label: the relevance of each candidate's group, which the gate read."""
 
     def __init__(self, record_ids: list[str], scores: torch.Tensor, rows: torch.Tensor, weight_matrix: torch.Tensor,
-                 delta: torch.Tensor):
+                 delta: torch.Tensor, group_scores: torch.Tensor | None = None):
         self._ids = record_ids
         self.scores, self.rows, self.weight_matrix, self.delta = scores, rows, weight_matrix, delta
+        self.group_scores = group_scores
         self._lists: tuple | None = None
 
     def _host(self) -> tuple:
@@ -69,8 +77,32 @@ class Recall:
         return self._host()[3]
 
     @property
+    def top_group_relevance(self) -> list[list[float]] | None:
+        """Per row, recalling by label, the group relevance of each of `top_relevance`'s candidates."""
+        return None if self.group_scores is None else self.group_scores.cpu().tolist()
+
+    @property
     def active(self) -> bool:
         return any(self.record_ids)
+
+
+@dataclass
+class Groups:
+    """Records recalled together (``recall_by`` "label"): ``of`` [n] each record's group, ``keys``
+    [g, d] each group's key (the mean of its records' keys, centred at the key layer, not yet mapped)
+    and ``null`` ([g] mean, [g] std) its calibration."""
+
+    of: torch.Tensor
+    keys: torch.Tensor
+    null: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+def group_index(labels: list[str | None]) -> list[int]:
+    """Each record's group: one per label, numbered in order of first appearance; an unlabelled
+    record is a group of its own."""
+    groups: dict[tuple, int] = {}
+    return [groups.setdefault(("label", label) if label is not None else ("record", i), len(groups))
+            for i, label in enumerate(labels)]
 
 
 class LayerMemory:
@@ -87,7 +119,7 @@ class LayerMemory:
                  centre: torch.Tensor, approximate: IndexFactory | None = None,
                  device: torch.device | str | None = None, *, key_layer: int | None = None,
                  key_pooling: str = "mean", key_space: KeySpace | None = None,
-                 null: tuple[torch.Tensor, torch.Tensor] | None = None):
+                 null: tuple[torch.Tensor, torch.Tensor] | None = None, groups: Groups | None = None):
         if len(record_ids) != keys.shape[0] or keys.shape != values.shape:
             raise ValueError("record ids, keys and values must match")
         if settings.threshold is None and settings.gate == "relevance" and record_ids and null is None:
@@ -107,6 +139,17 @@ class LayerMemory:
             self.thresholds = calibrated_thresholds(mean, std, settings.threshold_z)
         mapped = self.key_space.apply(keys.to(device=device, dtype=torch.float32))
         self.index: VectorIndex | None = build_index(mapped, approximate) if record_ids else None
+        # Recall by label: each group's key (mapped, unit) and threshold. Without groups (or by
+        # record) every record is gated alone.
+        self.group_of = self.group_keys = self.group_thresholds = None
+        if groups is not None and settings.recall_by == "label" and settings.gate == "relevance" and record_ids:
+            if settings.threshold is None and groups.null is None:
+                raise ValueError("no threshold given and no calibration for the record groups")
+            self.group_of = groups.of.to(device=device, dtype=torch.long)
+            self.group_keys = unit(self.key_space.apply(groups.keys.to(device=device, dtype=torch.float32)))
+            self.group_thresholds = (torch.full((len(groups.keys),), settings.threshold, device=device)
+                                     if settings.threshold is not None else calibrated_thresholds(
+                *(t.to(device=device, dtype=torch.float32) for t in groups.null), settings.threshold_z))
 
     @property
     def size(self) -> int:
@@ -126,6 +169,9 @@ class LayerMemory:
             self.key_space.to(device)
         if self.thresholds is not None:
             moved.thresholds = self.thresholds.to(device)
+        if self.group_of is not None:
+            moved.group_of, moved.group_keys, moved.group_thresholds = (
+                t.to(device) for t in (self.group_of, self.group_keys, self.group_thresholds))
         if isinstance(self.index, ExactIndex):
             moved.index = self.index.to(device)
         return moved
@@ -143,14 +189,47 @@ class LayerMemory:
             empty = torch.zeros((b, 0), device=self.device)
             return Recall(self.record_ids, empty, empty.long(), empty,
                           torch.zeros((b, self.values.shape[1]), dtype=torch.float32, device=self.device))
-        scores, rows = self.index.search(self.query(pooled), s.top_k)
+        query = self.query(pooled)
+        scores, rows = self.index.search(query, s.top_k)
         scores, rows = scores.to(self.device), rows.to(self.device)
+        group_scores = None
         if s.gate == "relevance":
-            threshold = self.thresholds[rows] if s.threshold is None else s.threshold
-            weights = (s.strength * (scores - threshold).clamp_min(0)).clamp_max(s.weight_cap)
+            margin, share = self._gate(query, scores, rows)
+            weights = (s.strength * margin.clamp_min(0)).clamp_max(s.weight_cap) / share
+            if self.group_of is not None:
+                group_scores = margin + self.group_thresholds[self.group_of[rows]]
         else:
             weights = torch.full_like(scores, min(s.weight_cap, s.strength / s.top_k))
         if valid is not None:
             weights = weights * valid.to(self.device)[:, None]
         delta = torch.einsum("bk,bkd->bd", weights, self.values[rows])
-        return Recall(self.record_ids, scores, rows, weights, delta)
+        return Recall(self.record_ids, scores, rows, weights, delta, group_scores)
+
+    def threshold_of(self, record_id: str) -> float | None:
+        """The threshold a record's gate holds against: its group's recalling by label, else its own
+        (calibrated, or the settings'); None under the fixed gate."""
+        if self.settings.gate != "relevance":
+            return None
+        i = self.record_ids.index(record_id)
+        if self.group_of is not None:
+            return float(self.group_thresholds[self.group_of[i]])
+        return self.settings.threshold if self.thresholds is None else float(self.thresholds[i])
+
+    def _gate(self, query: torch.Tensor, scores: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each candidate's margin over its threshold [b, k] (its group's, recalling by label) and the
+        number of candidates its weight is shared with (its group's among the row's candidates)."""
+        if self.group_of is None:
+            threshold = self.thresholds[rows] if self.settings.threshold is None else self.settings.threshold
+            return scores - threshold, torch.ones_like(scores)
+        group_margin = unit(query) @ self.group_keys.T - self.group_thresholds  # [b, g]
+        groups = self.group_of[rows]
+        share = (groups[:, :, None] == groups[:, None, :]).sum(dim=2).to(scores.dtype)
+        return group_margin.gather(1, groups), share
+
+    def margins(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Every record's margin over its threshold (its group's, recalling by label) for pooled states
+        [b, d] at the key layer, [b, n] in record order: what the relevance gate weighs."""
+        query = self.query(pooled)
+        scores, rows = self.index.search(query, self.size)
+        margin, _ = self._gate(query, scores.to(self.device), rows.to(self.device))
+        return torch.empty_like(margin).scatter_(1, rows.to(self.device), margin)

@@ -136,3 +136,75 @@ def test_zero_strength_or_empty_memory_is_inactive():
     assert not _memory(strength=0.0, threshold=0.0).recall(torch.ones(1, 8)).active
     empty = LayerMemory(LayerSettings(layer=0), [], torch.zeros(0, 8), torch.zeros(0, 8), torch.zeros(8))
     assert empty.size == 0 and not empty.recall(torch.ones(1, 8)).active
+
+
+def _grouped(labels, threshold=0.3, top_k=4, **settings):
+    """Four keys: a and b at 60 degrees either side of axis 0 (their mean lies on it), c on axis 2,
+    d on axis 3; values one-hot so a delta shows each record's weight."""
+    from baldr_ops.memory.recall import Groups, group_index
+
+    s3 = 3 ** 0.5 / 2
+    keys = torch.tensor([[0.5, s3, 0, 0, 0, 0, 0, 0], [0.5, -s3, 0, 0, 0, 0, 0, 0],
+                         [0, 0, 1.0, 0, 0, 0, 0, 0], [0, 0, 0, 1.0, 0, 0, 0, 0]])
+    of = torch.tensor(group_index(labels))
+    group_keys = torch.zeros(int(of.max()) + 1, 8).index_add_(0, of, keys) / torch.bincount(of)[:, None]
+    return LayerMemory(LayerSettings(layer=0, threshold=threshold, top_k=top_k, strength=1.0, weight_cap=10.0,
+                                     **settings), ["a", "b", "c", "d"], keys, torch.eye(4, 8), torch.zeros(8),
+                       groups=Groups(of, group_keys))
+
+
+def test_group_index_one_group_per_label_and_one_per_unlabelled_record():
+    from baldr_ops.memory.recall import group_index
+
+    assert group_index(["x", None, "y", "x", None]) == [0, 1, 2, 0, 3]
+    assert group_index([None, None]) == [0, 1]
+
+
+def test_a_label_group_is_recalled_by_its_mean_key_and_shares_one_weight():
+    """A query on axis 0 is at cos 0.5 from a and from b, each just above a 0.3 threshold alone, but
+    at cos 1 from their group's key: by label both are recalled with the group's margin (0.7), shared
+    between the two; by record each gets its own (0.2)."""
+    q = torch.zeros(1, 8)
+    q[0, 0] = 1.0
+    memory = _grouped(["fin", "fin", "music", None])
+    by_label = memory.recall(q)
+    assert sorted(zip(by_label.record_ids[0], by_label.weights[0], strict=True)) == [
+        ("a", pytest.approx(0.35)), ("b", pytest.approx(0.35))]
+    shown = {rid: g for (rid, _), g in zip(by_label.top_relevance[0], by_label.top_group_relevance[0], strict=True)}
+    assert shown["a"] == shown["b"] == pytest.approx(1.0) and shown["c"] == pytest.approx(0.0)
+    assert memory.threshold_of("a") == pytest.approx(0.3)
+    by_record = _grouped(["fin", "fin", "music", None], recall_by="record").recall(q)
+    assert sorted(zip(by_record.record_ids[0], by_record.weights[0], strict=True)) == [
+        ("a", pytest.approx(0.2)), ("b", pytest.approx(0.2))]
+
+
+def test_a_record_close_to_the_query_is_not_recalled_when_its_group_is_not():
+    """The query lies on a's key (cos 1; cos -0.5 with b): alone a would be recalled, but its group's
+    key is at cos 0.5 (a threshold of 0.6 holds it back), so by label nothing is recalled."""
+    q = torch.tensor([[0.5, 3 ** 0.5 / 2, 0, 0, 0, 0, 0, 0]])
+    assert not _grouped(["fin", "fin", "music", None], threshold=0.6).recall(q).active
+    assert _grouped(["fin", "fin", "music", None], threshold=0.6, recall_by="record").recall(q).record_ids == [["a"]]
+
+
+def test_unlabelled_records_recall_as_by_record():
+    q = torch.tensor([[0.6, 0.2, 0.7, 0.3, 0, 0, 0, 0]])
+    by_label = _grouped([None] * 4, threshold=0.1).recall(q)
+    by_record = _grouped([None] * 4, threshold=0.1, recall_by="record").recall(q)
+    assert by_label.record_ids == by_record.record_ids and by_label.weights[0] == pytest.approx(by_record.weights[0])
+    torch.testing.assert_close(by_label.delta, by_record.delta)
+
+
+def test_the_share_counts_only_the_groups_records_among_the_top_k():
+    """top_k 1: only a is a candidate, so it carries its whole group's weight."""
+    q = torch.tensor([[1.0, 0.1, 0, 0, 0, 0, 0, 0]])
+    recall = _grouped(["fin", "fin", "music", None], top_k=1).recall(q)
+    margin = float(torch.nn.functional.normalize(q, dim=1)[0, 0]) - 0.3
+    assert recall.record_ids == [["a"]] and recall.weights[0] == [pytest.approx(margin)]
+
+
+def test_margins_are_the_groups_in_record_order():
+    q = torch.zeros(1, 8)
+    q[0, 0], q[0, 3] = 1.0, 1.0  # cos 0.707 with the fin group's key and with d
+    margins = _grouped(["fin", "fin", "music", None]).margins(q)[0]
+    expected = [2 ** -0.5 - 0.3, 2 ** -0.5 - 0.3, -0.3, 2 ** -0.5 - 0.3]
+    assert margins.tolist() == pytest.approx(expected, abs=1e-6)
