@@ -15,8 +15,9 @@ by construction):
 
 * recall, with the default settings: the share of own-domain (query, domain store) pairs that
   recall anything, the share of other-domain pairs that do (false recall), the share of neutral
-  queries that do, and the AUROC of the recall score (the best record's relevance minus its
-  threshold) for own- against other-domain pairs;
+  queries that do, and the AUROC of the recall score (the domain's margin over its threshold, as
+  the gate reads it: the label group's, or by record the best record's) for own- against
+  other-domain pairs;
 * selectivity at fixed strength (gate "fixed": every memory of the domain weighted strength/n,
   relevance ignored): own-domain shift > mean other-domain shift, over all (query, domain) pairs
   ("total") and over the pairs whose query belongs to the domain ("own-domain");

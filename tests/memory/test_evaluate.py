@@ -173,10 +173,11 @@ def test_protocol_on_the_builtin_set(smollm2, monkeypatch):
     assert not set(report.vocabularies["cooking"]) <= {w for m in BUILTIN.domains[0].memories for w in m.lower().split()}
     for i in (h.own_recall, h.false_recall, h.auroc, h.kl_neutral):
         assert i.low <= i.mean <= i.high
-    assert h.own_recall.mean >= 0.9 and h.auroc.mean > 0.95  # measured 23/24, 0.977 (whitened, format v4: 20/24, 0.972)
-    assert h.false_recall.mean <= 0.05  # measured 1/72 (v4: 2/72)
-    # Neutral queries: 2 of 32 pairs recall, faintly (measured KL 2e-5 nats); the neutral text recalls
-    # nothing, so its logits are the plain model's and perplexity is equal.
+    # measured by label 22/24, 0.977 (by record 23/24, 0.977; whitened, format v4: 20/24, 0.972)
+    assert h.own_recall.mean >= 0.9 and h.auroc.mean > 0.95
+    assert h.false_recall.mean <= 0.05  # measured by label 0/72 (by record 1/72; v4: 2/72)
+    # Neutral queries: by label none recalls (by record 2 of 32 pairs, KL 2e-5 nats); the neutral text
+    # recalls nothing, so its logits are the plain model's and perplexity is equal.
     assert h.neutral_recall.mean <= 0.1 and h.kl_neutral.mean < 1e-3 and h.perplexity_on == h.perplexity_off
     fixed = h.selectivity_total
     assert fixed.pairs == 4 * report.queries and fixed.low <= fixed.fraction <= fixed.high
