@@ -17,7 +17,8 @@ Recall stored activation patterns (not text) at deep layers of a transformers ca
 generation toward them: relevance r = cosine of the text's key state and a record's key (the state
 where the model is asked the text's topic, at the store's key layer, with the directions texts on one subject
 vary along divided down), weight = min(cap, strength * relu(r - the record's calibrated threshold)), nudge = sum of
-weight * value, clipped per token to clip * ||h||.
+weight * value, clipped per token to clip * ||h||. By default records that share a label are recalled
+together: r is their mean key's relevance, the threshold the label's, and their weight is shared.
 
 Records are captured from operator-given text only, signed with an operator-held HMAC key (never
 stored in the store), screened at write time and quarantined until approved. A store belongs to
@@ -78,9 +79,10 @@ def _layer_settings_arguments(p) -> None:
                    " (default: every layer the store has)")
     p.add_argument("--strength", type=float, help="strength for every layer without its own (default 1)")
     p.add_argument("--threshold", type=float, help="a fixed relevance threshold for every layer without its own "
-                                                   "(default: each record's calibrated threshold)")
+                                                   "(default: each record's, or label's, calibrated threshold)")
     p.add_argument("--threshold-z", type=float, help="the calibrated threshold, in null standard deviations above "
-                                                     "the record's null mean, for every layer without its own "
+                                                     "the record's (or label's) null mean, for every layer without "
+                                                     "its own "
                                                      "(default 2.5)")
     p.add_argument("--clip", type=float, help="per-token clip as a fraction of ||h|| for every layer without its "
                                               "own (default 0.5)")
@@ -108,7 +110,9 @@ def register(subparsers) -> None:
                    help="decoder layer to capture at (repeatable; default: the SAE layer profile's layer if "
                         "--profile or $BALDR_SAE_PROFILE names one, else 45%% depth)")
     s.add_argument("--profile", metavar="FILE", help="a saved SAE layer profile JSON to take the default layer from")
-    s.add_argument("--label", help="a label stored with each record (e.g. a domain name)")
+    s.add_argument("--label", help="a label stored with each record: give one subject per label (e.g. a domain "
+                                   "name): records sharing a label are recalled together by their mean key, "
+                                   "so a label spanning many subjects is rarely recalled (see --recall-by)")
     s.add_argument("--origin", default="operator",
                    choices=("operator", "user", "model", "tool", "web", "import"),
                    help="where the text comes from (default operator); model/tool/web/import are refused")

@@ -36,8 +36,11 @@ class AuditRecord(_Model):
 class LayerAudit(_Model):
     layer: int
     strength: float
-    threshold: float | None  # None: each record's calibrated threshold (threshold_z)
+    threshold: float | None  # None: calibrated thresholds (threshold_z), each record's or its label's
     threshold_z: float | None = None
+    # "label": a record's weight comes from its label's mean key (its relevance below is its own
+    # cosine, which may lie under the threshold); "record"; None in lines written before it existed
+    recall_by: str | None = None
     key_layer: int | None = None
     clip: float
     gate: str
@@ -54,7 +57,8 @@ class LayerAudit(_Model):
         s = memory.settings
         records = [AuditRecord(id=rid, **v) for rid, v in sorted(trace.records.items(), key=lambda kv: -kv[1]["weight"])]
         return cls(layer=trace.layer, strength=s.strength, threshold=s.threshold,
-                   threshold_z=s.threshold_z if s.threshold is None else None, key_layer=memory.key_layer, clip=s.clip,
+                   threshold_z=s.threshold_z if s.threshold is None else None, recall_by=s.recall_by,
+                   key_layer=memory.key_layer, clip=s.clip,
                    gate=s.gate,
                    query=s.query, recalls=trace.recalls, records=records, delta_norm=trace.delta_norm,
                    tokens_nudged=trace.tokens_nudged, tokens_clipped=trace.tokens_clipped, max_ratio=trace.max_ratio)

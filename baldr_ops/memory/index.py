@@ -51,6 +51,11 @@ class ExactIndex:
         moved.keys, moved.block_rows = self.keys.to(device), self.block_rows
         return moved
 
+    def scores(self, queries: torch.Tensor) -> torch.Tensor:
+        """Every key's cosine with each query, [b, size] in row order (recall by label ranks records
+        after gating them, so it needs all of them, not the top k)."""
+        return unit(queries.to(torch.float32)) @ self.keys.T
+
     def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         q = unit(queries.to(torch.float32))
         k = min(k, self.size)

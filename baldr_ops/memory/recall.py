@@ -9,12 +9,11 @@ threshold t_i = the settings' ``threshold``, or else the record's calibrated thr
 delta       = sum_i w_i v_i over the top_k records by relevance; the per-token clip is applied by the hook.
 
 Recall by label (the default): records that share a label form a group with one key, the mean of
-their keys, and one calibrated threshold t_g; for each of the group's records among the top_k,
-r_i - t_i above becomes r_g - t_g, and the group's weight is shared among them (divided by their
-number). A record without a label is its own group, which is the per-record rule.
-
-With the relevance gate, records at or below their threshold get weight exactly 0, so a query that
-matches nothing recalls nothing and the hook leaves the model untouched.
+their keys, and one calibrated threshold t_g. The gate reads r_g - t_g for each of the group's
+records instead of r_i - t_i; candidates are the top_k records by relevance among those whose gate
+passes, and a group's weight is shared among its candidates (divided by their number), so it nudges
+like one record holding the mean of their values. A record whose label no other record shares (or
+that has none) is gated alone, as by record.
 """
 
 from __future__ import annotations
@@ -88,21 +87,32 @@ class Recall:
 
 @dataclass
 class Groups:
-    """Records recalled together (``recall_by`` "label"): ``of`` [n] each record's group, ``keys``
-    [g, d] each group's key (the mean of its records' keys, centred at the key layer, not yet mapped)
-    and ``null`` ([g] mean, [g] std) its calibration."""
+    """Records recalled together (``recall_by`` "label"): ``of`` [n] each record's group (-1: gated
+    alone), ``keys`` [g, d] each group's key (the mean of its records' keys, centred at the key
+    layer, not yet mapped) and ``null`` ([g] mean, [g] std) its calibration (None with a fixed
+    threshold)."""
 
     of: torch.Tensor
     keys: torch.Tensor
     null: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
-def group_index(labels: list[str | None]) -> list[int]:
-    """Each record's group: one per label, numbered in order of first appearance; an unlabelled
-    record is a group of its own."""
-    groups: dict[tuple, int] = {}
-    return [groups.setdefault(("label", label) if label is not None else ("record", i), len(groups))
-            for i, label in enumerate(labels)]
+def label_groups(labels: list[str | None], keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Each record's group (-1 for a record whose label no other shares, or that has none), numbered
+    in order of first appearance, and each group's mean key [g, d]; None when no label is shared."""
+    counts: dict[str, int] = {}
+    for label in labels:
+        if label is not None:
+            counts[label] = counts.get(label, 0) + 1
+    numbers: dict[str, int] = {}
+    of = torch.tensor([numbers.setdefault(label, len(numbers)) if label is not None and counts[label] > 1 else -1
+                       for label in labels], dtype=torch.long)
+    if not numbers:
+        return None
+    member = of >= 0
+    sums = torch.zeros((len(numbers), keys.shape[1]), dtype=torch.float32).index_add_(
+        0, of[member], keys[member].to(torch.float32))
+    return of, sums / torch.bincount(of[member], minlength=len(numbers)).to(torch.float32)[:, None]
 
 
 class LayerMemory:
@@ -139,8 +149,8 @@ class LayerMemory:
             self.thresholds = calibrated_thresholds(mean, std, settings.threshold_z)
         mapped = self.key_space.apply(keys.to(device=device, dtype=torch.float32))
         self.index: VectorIndex | None = build_index(mapped, approximate) if record_ids else None
-        # Recall by label: each group's key (mapped, unit) and threshold. Without groups (or by
-        # record) every record is gated alone.
+        # Recall by label: each group's key (mapped, unit) and threshold; records outside every group
+        # (group -1) are gated alone. No groups (or by record): every record is gated alone.
         self.group_of = self.group_keys = self.group_thresholds = None
         if groups is not None and settings.recall_by == "label" and settings.gate == "relevance" and record_ids:
             if settings.threshold is None and groups.null is None:
@@ -190,15 +200,15 @@ class LayerMemory:
             return Recall(self.record_ids, empty, empty.long(), empty,
                           torch.zeros((b, self.values.shape[1]), dtype=torch.float32, device=self.device))
         query = self.query(pooled)
-        scores, rows = self.index.search(query, s.top_k)
-        scores, rows = scores.to(self.device), rows.to(self.device)
         group_scores = None
         if s.gate == "relevance":
-            margin, share = self._gate(query, scores, rows)
-            weights = (s.strength * margin.clamp_min(0)).clamp_max(s.weight_cap) / share
+            scores, rows, margin = self._candidates(query, s.top_k)
+            weights = (s.strength * margin.clamp_min(0)).clamp_max(s.weight_cap) / self._share(rows)
             if self.group_of is not None:
-                group_scores = margin + self.group_thresholds[self.group_of[rows]]
+                group_scores = self._shown(scores, rows, margin)
         else:
+            scores, rows = self.index.search(query, s.top_k)
+            scores, rows = scores.to(self.device), rows.to(self.device)
             weights = torch.full_like(scores, min(s.weight_cap, s.strength / s.top_k))
         if valid is not None:
             weights = weights * valid.to(self.device)[:, None]
@@ -211,25 +221,61 @@ class LayerMemory:
         if self.settings.gate != "relevance":
             return None
         i = self.record_ids.index(record_id)
-        if self.group_of is not None:
+        if self.group_of is not None and int(self.group_of[i]) >= 0:
             return float(self.group_thresholds[self.group_of[i]])
         return self.settings.threshold if self.thresholds is None else float(self.thresholds[i])
 
-    def _gate(self, query: torch.Tensor, scores: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each candidate's margin over its threshold [b, k] (its group's, recalling by label) and the
-        number of candidates its weight is shared with (its group's among the row's candidates)."""
+    def _margin(self, query: torch.Tensor, scores: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Each candidate's margin over its threshold, [b, k]: its group's, or its own when alone."""
+        own = scores - (self.thresholds[rows] if self.settings.threshold is None else self.settings.threshold)
         if self.group_of is None:
-            threshold = self.thresholds[rows] if self.settings.threshold is None else self.settings.threshold
-            return scores - threshold, torch.ones_like(scores)
-        group_margin = unit(query) @ self.group_keys.T - self.group_thresholds  # [b, g]
+            return own
         groups = self.group_of[rows]
-        share = (groups[:, :, None] == groups[:, None, :]).sum(dim=2).to(scores.dtype)
-        return group_margin.gather(1, groups), share
+        group_margin = unit(query) @ self.group_keys.T - self.group_thresholds  # [b, g]
+        return torch.where(groups >= 0, group_margin.gather(1, groups.clamp_min(0)), own)
+
+    def _candidates(self, query: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The top k records by relevance (cosine, row, margin [b, k]). Recalling by label, among the
+        records whose gate passes first, so that a label whose mean key fails cannot crowd out one
+        whose key passes: every record is scored (as the exact index does anyway)."""
+        if self.group_of is None:
+            scores, rows = self.index.search(query, k)
+            scores, rows = scores.to(self.device), rows.to(self.device)
+            return scores, rows, self._margin(query, scores, rows)
+        scores, rows = self._every_score(query)
+        margin = self._margin(query, scores, rows)
+        order = torch.where(margin > 0, scores, scores - 4.0)  # cosines lie in [-1, 1]: passing ones first
+        pick = order.topk(min(k, self.size), dim=1).indices
+        return scores.gather(1, pick), rows.gather(1, pick), margin.gather(1, pick)
+
+    def _every_score(self, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every record's cosine with each query and its row, [b, n] each (in row order from the exact
+        index, without sorting; best first from another)."""
+        if isinstance(self.index, ExactIndex):
+            scores = self.index.scores(query).to(self.device)
+            return scores, torch.arange(self.size, device=self.device).expand_as(scores)
+        scores, rows = self.index.search(query, self.size)
+        return scores.to(self.device), rows.to(self.device)
+
+    def _share(self, rows: torch.Tensor) -> torch.Tensor:
+        """How many candidates of each row share each candidate's weight: its group's, or 1 alone."""
+        if self.group_of is None:
+            return torch.ones(rows.shape, dtype=torch.float32, device=rows.device)
+        groups = self.group_of[rows]
+        same = (groups[:, :, None] == groups[:, None, :]) & (groups[:, :, None] >= 0)
+        return same.sum(dim=2).clamp_min(1).to(torch.float32)
+
+    def _shown(self, scores: torch.Tensor, rows: torch.Tensor, margin: torch.Tensor) -> torch.Tensor:
+        """The relevance each candidate's gate read: its group's, or its own when alone."""
+        groups = self.group_of[rows]
+        return torch.where(groups >= 0, margin + self.group_thresholds[groups.clamp_min(0)], scores)
 
     def margins(self, pooled: torch.Tensor) -> torch.Tensor:
         """Every record's margin over its threshold (its group's, recalling by label) for pooled states
         [b, d] at the key layer, [b, n] in record order: what the relevance gate weighs."""
+        if self.index is None:
+            return torch.zeros((pooled.shape[0], 0), device=self.device)
         query = self.query(pooled)
-        scores, rows = self.index.search(query, self.size)
-        margin, _ = self._gate(query, scores.to(self.device), rows.to(self.device))
-        return torch.empty_like(margin).scatter_(1, rows.to(self.device), margin)
+        scores, rows = self._every_score(query)
+        margin = self._margin(query, scores, rows)
+        return torch.full_like(margin, -torch.inf).scatter_(1, rows, margin)

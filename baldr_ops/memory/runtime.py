@@ -24,7 +24,7 @@ from baldr_ops.memory.identity import identity_of, require_same_model
 from baldr_ops.memory.index import IndexFactory
 from baldr_ops.memory.keyspace import KeySpace, reference_null_scores, summarise_null
 from baldr_ops.memory.nudge import NudgeSession
-from baldr_ops.memory.recall import Groups, LayerMemory, group_index
+from baldr_ops.memory.recall import Groups, LayerMemory, label_groups
 from baldr_ops.memory.records import ReferenceBody, now, sha256_text
 from baldr_ops.memory.store import MemoryStore, layer_file
 from baldr_ops.memory.verify import REDERIVE_TOLERANCE, rederive
@@ -52,20 +52,23 @@ def memory_from_records(settings: LayerSettings, records, reference: ReferenceBo
     space = KeySpace.of(reference)
     return LayerMemory(settings, ids, keys, values, key_centre, approximate, device=device,
                        key_layer=reference.keyed_at, key_pooling=reference.pooling, key_space=space, null=null,
-                       groups=_groups(settings, records, keys, reference) if calibrated else None)
+                       groups=_groups(settings, records, keys, reference))
 
 
 def _groups(settings: LayerSettings, records, keys: torch.Tensor, reference: ReferenceBody) -> Groups | None:
-    """Recalling by label: the records' groups, each group's key (the mean of its records' keys) and
-    its calibration, measured as a record's is (`keyspace.reference_null_scores`)."""
-    of = torch.tensor(group_index([r.body.label for r in records]), dtype=torch.long)
-    if settings.recall_by != "label" or len(of) == 0 or int(of.max()) + 1 == len(of):
-        return None   # nothing shares a label: each record is its own group, the per-record rule
-    group_keys = torch.zeros((int(of.max()) + 1, keys.shape[1]), dtype=torch.float32).index_add_(0, of, keys)
-    group_keys /= torch.bincount(of).to(torch.float32)[:, None]
-    mean, std = summarise_null(reference_null_scores(reference, group_keys.numpy()))
-    return Groups(of, group_keys, (torch.from_numpy(np.asarray(mean, dtype=np.float32)),
-                                   torch.from_numpy(np.asarray(std, dtype=np.float32))))
+    """Recalling by label: the records' groups and each group's key (the mean of its records' keys),
+    calibrated as a record is (`keyspace.reference_null_scores`) when the gate needs it."""
+    if settings.recall_by != "label" or settings.gate != "relevance" or not records:
+        return None
+    found = label_groups([r.body.label for r in records], keys)
+    if found is None:
+        return None   # no label is shared: every record is gated alone, the per-record rule
+    of, group_keys = found
+    null = None
+    if settings.threshold is None:
+        mean, std = summarise_null(reference_null_scores(reference, group_keys.numpy()))
+        null = (torch.from_numpy(np.asarray(mean, dtype=np.float32)), torch.from_numpy(np.asarray(std, dtype=np.float32)))
+    return Groups(of, group_keys, null)
 
 
 class MemoryRuntime:

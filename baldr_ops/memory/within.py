@@ -7,7 +7,9 @@ layer and pooling, and the corpus, yet reading them is most of a new store's fir
 of SmolLM2 on 2 CPU cores). So they are measured once per such combination and kept in the user
 cache (`paths.cache_root`), like the weight fingerprints; every store still carries its own signed
 copy, so a store never depends on the cache after it is written. A cache file that does not read
-back as a finite array of the expected shape is measured again and replaced.
+back as a finite array of the expected shape is measured again and replaced. Whoever can write the
+user cache can choose the rows signed into the next new store, the same trust the weight
+fingerprints in that cache already carry.
 """
 
 from __future__ import annotations
@@ -62,13 +64,17 @@ def within_rows(lm, key_layer: int, pooling: str, progress: Callable[[str], None
 
 
 def _read(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
+    """The cached rows, or None for anything else: a missing file, another format (a zip archive
+    loads as an NpzFile), a header whose shape the file does not hold (mapped, so a forged shape
+    allocates nothing), another shape or dtype, a non-finite value."""
     try:
-        rows = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError):
+        rows = np.load(path, mmap_mode="r", allow_pickle=False)
+        if not isinstance(rows, np.ndarray) or rows.shape != shape or rows.dtype != np.float32:
+            return None
+        rows = np.array(rows)
+    except Exception:  # noqa: BLE001 - whatever the damage, the rows are measured again
         return None
-    if rows.shape != shape or rows.dtype != np.float32 or not np.isfinite(rows).all():
-        return None
-    return rows
+    return rows if np.isfinite(rows).all() else None
 
 
 def _write(path: Path, rows: np.ndarray) -> None:

@@ -275,28 +275,27 @@ def test_generation_never_writes_memory(store_copy, local_copy, smollm2, monkeyp
     assert files == {layer: (store_copy.directory / layer_file(layer)).read_bytes() for layer in store_copy.layers()}
 
 
-def test_a_group_of_one_is_calibrated_as_its_record_was_written(store_copy, smollm2):
+def test_a_label_group_is_calibrated_as_a_record_is_written(store_copy, smollm2):
     """Recalling by label, a group's threshold is measured at load the way the writer measured each
-    record's: records stripped of their labels (groups of one), beside one labelled pair, get back
-    their stored thresholds; with no label shared at all, the records' own thresholds are used."""
+    record's: a label shared by a record and its twin (the same key, so the group's key is that key)
+    gets back the record's stored threshold; records whose label is not shared keep their own."""
     from baldr_ops.memory.keyspace import calibrated_thresholds
     from baldr_ops.memory.runtime import memory_from_records
 
     state = store_copy.read_layer(13)
     records = state.with_status("approved")
-    mixed = [dataclasses.replace(r, body=r.body.model_copy(update={"label": "pair" if i < 2 else None}))
-             for i, r in enumerate(records)]
-    memory = memory_from_records(LayerSettings(layer=13), mixed, state.reference)
     stored = calibrated_thresholds(torch.tensor([r.body.null_mean for r in records]),
                                    torch.tensor([r.body.null_std for r in records]), 2.5)
-    assert memory.group_of.tolist() == [0, 0, *range(1, len(records) - 1)]
-    torch.testing.assert_close(memory.group_thresholds[1:], stored[2:], atol=1e-5, rtol=0)
-    assert float(memory.group_thresholds[0]) != pytest.approx(float(stored[0]), abs=1e-3)
     alone = [dataclasses.replace(r, body=r.body.model_copy(update={"label": None})) for r in records]
+    twin = dataclasses.replace(records[0], id="twin", body=records[0].body.model_copy(update={"label": "twin"}))
+    first = dataclasses.replace(alone[0], body=alone[0].body.model_copy(update={"label": "twin"}))
+    memory = memory_from_records(LayerSettings(layer=13), [first, *alone[1:], twin], state.reference)
+    assert memory.group_of.tolist() == [0] + [-1] * (len(records) - 1) + [0]
+    assert float(memory.group_thresholds[0]) == pytest.approx(float(stored[0]), abs=1e-5)
+    torch.testing.assert_close(memory.thresholds[:-1], stored, atol=0, rtol=0)
     memory = memory_from_records(LayerSettings(layer=13), alone, state.reference)
     assert memory.group_of is None and torch.equal(memory.thresholds, stored)
     labelled = memory_from_records(LayerSettings(layer=13), records, state.reference)
     labels = [r.body.label for r in records]
-    assert len(labelled.group_thresholds) == len(set(labels)) == 4
     pairs = set(zip(labelled.group_of.tolist(), labels, strict=True))  # one group per label, and back
-    assert len(pairs) == len({g for g, _ in pairs}) == 4
+    assert len(pairs) == len({g for g, _ in pairs}) == len(set(labels)) == 4

@@ -138,26 +138,32 @@ def test_zero_strength_or_empty_memory_is_inactive():
     assert empty.size == 0 and not empty.recall(torch.ones(1, 8)).active
 
 
-def _grouped(labels, threshold=0.3, top_k=4, **settings):
-    """Four keys: a and b at 60 degrees either side of axis 0 (their mean lies on it), c on axis 2,
-    d on axis 3; values one-hot so a delta shows each record's weight."""
-    from baldr_ops.memory.recall import Groups, group_index
+def _grouped(labels, threshold=0.3, top_k=4, keys=None, **settings):
+    """By default four keys: a and b at 60 degrees either side of axis 0 (their mean lies on it), c on
+    axis 2, d on axis 3; values one-hot so a delta shows each record's weight."""
+    from baldr_ops.memory.recall import Groups, label_groups
 
     s3 = 3 ** 0.5 / 2
-    keys = torch.tensor([[0.5, s3, 0, 0, 0, 0, 0, 0], [0.5, -s3, 0, 0, 0, 0, 0, 0],
-                         [0, 0, 1.0, 0, 0, 0, 0, 0], [0, 0, 0, 1.0, 0, 0, 0, 0]])
-    of = torch.tensor(group_index(labels))
-    group_keys = torch.zeros(int(of.max()) + 1, 8).index_add_(0, of, keys) / torch.bincount(of)[:, None]
+    if keys is None:
+        keys = torch.tensor([[0.5, s3, 0, 0, 0, 0, 0, 0], [0.5, -s3, 0, 0, 0, 0, 0, 0],
+                             [0, 0, 1.0, 0, 0, 0, 0, 0], [0, 0, 0, 1.0, 0, 0, 0, 0]])
+    found = label_groups(labels, keys)
+    ids = [chr(ord("a") + i) for i in range(len(keys))]
     return LayerMemory(LayerSettings(layer=0, threshold=threshold, top_k=top_k, strength=1.0, weight_cap=10.0,
-                                     **settings), ["a", "b", "c", "d"], keys, torch.eye(4, 8), torch.zeros(8),
-                       groups=Groups(of, group_keys))
+                                     **settings), ids, keys, torch.eye(len(keys), 8), torch.zeros(8),
+                       groups=None if found is None else Groups(*found))
 
 
-def test_group_index_one_group_per_label_and_one_per_unlabelled_record():
-    from baldr_ops.memory.recall import group_index
+def test_label_groups_one_per_shared_label_and_their_mean_keys():
+    from baldr_ops.memory.recall import label_groups
 
-    assert group_index(["x", None, "y", "x", None]) == [0, 1, 2, 0, 3]
-    assert group_index([None, None]) == [0, 1]
+    keys = torch.arange(10, dtype=torch.float32).view(5, 2)
+    of, means = label_groups(["x", None, "y", "x", "y"], keys)
+    assert of.tolist() == [0, -1, 1, 0, 1]
+    torch.testing.assert_close(means, torch.tensor([[3.0, 4.0], [6.0, 7.0]]))  # rows 0, 3 and rows 2, 4
+    of, _ = label_groups(["x", "lonely", "x"], keys[:3])
+    assert of.tolist() == [0, -1, 0]  # a label no other record shares is gated alone
+    assert label_groups([None, "x", "y"], keys[:3]) is None
 
 
 def test_a_label_group_is_recalled_by_its_mean_key_and_shares_one_weight():
@@ -186,6 +192,33 @@ def test_a_record_close_to_the_query_is_not_recalled_when_its_group_is_not():
     assert _grouped(["fin", "fin", "music", None], threshold=0.6, recall_by="record").recall(q).record_ids == [["a"]]
 
 
+def test_a_label_that_fails_cannot_crowd_out_one_that_passes():
+    """Label A: four records close to the query one by one, four opposite, so its mean key is at 0;
+    label B: two records further away whose mean clears the threshold. With top_k 4 the four best
+    records by relevance are A's, yet B's two are the ones recalled."""
+    keys = torch.zeros(10, 8)
+    keys[0:4, 0], keys[0:4, 1:5] = 0.9, torch.eye(4) * 0.436   # A, cos 0.9 with the query
+    keys[4:8, 0], keys[4:8, 1:5] = -0.9, torch.eye(4) * 0.436  # A, opposite
+    keys[8:10, 0], keys[8:10, 5], keys[9, 5] = 0.8, 0.6, -0.6   # B, cos 0.8, mean on the query
+    q = torch.zeros(1, 8)
+    q[0, 0] = 1.0
+    memory = _grouped(["A"] * 8 + ["B"] * 2, threshold=0.5, keys=keys)
+    recall = memory.recall(q)
+    assert sorted(recall.record_ids[0]) == ["i", "j"]
+    assert recall.weights[0] == pytest.approx([0.25, 0.25])  # B's margin 0.5, shared by two
+
+
+def test_a_record_alone_is_gated_by_its_own_relevance_beside_groups():
+    q = torch.zeros(1, 8)
+    q[0, 0], q[0, 3] = 1.0, 1.0  # cos 0.707 with the fin group's key and with d, which is alone
+    memory = _grouped(["fin", "fin", "music", None])
+    recall = memory.recall(q)
+    weights = dict(zip(recall.record_ids[0], recall.weights[0], strict=True))
+    margin = 2 ** -0.5 - 0.3
+    assert weights == {"a": pytest.approx(margin / 2), "b": pytest.approx(margin / 2), "d": pytest.approx(margin)}
+    assert memory.margins(q)[0].tolist() == pytest.approx([margin, margin, -0.3, margin], abs=1e-6)
+
+
 def test_unlabelled_records_recall_as_by_record():
     q = torch.tensor([[0.6, 0.2, 0.7, 0.3, 0, 0, 0, 0]])
     by_label = _grouped([None] * 4, threshold=0.1).recall(q)
@@ -202,9 +235,12 @@ def test_the_share_counts_only_the_groups_records_among_the_top_k():
     assert recall.record_ids == [["a"]] and recall.weights[0] == [pytest.approx(margin)]
 
 
-def test_margins_are_the_groups_in_record_order():
-    q = torch.zeros(1, 8)
-    q[0, 0], q[0, 3] = 1.0, 1.0  # cos 0.707 with the fin group's key and with d
-    margins = _grouped(["fin", "fin", "music", None]).margins(q)[0]
-    expected = [2 ** -0.5 - 0.3, 2 ** -0.5 - 0.3, -0.3, 2 ** -0.5 - 0.3]
-    assert margins.tolist() == pytest.approx(expected, abs=1e-6)
+def test_a_batch_recalls_row_by_row_and_an_empty_row_recalls_nothing():
+    q = torch.zeros(3, 8)
+    q[0, 0] = 1.0          # the fin group
+    q[1, 3] = 1.0          # d alone
+    q[2, 0] = 1.0          # like row 0, but marked as having pooled nothing
+    recall = _grouped(["fin", "fin", "music", None]).recall(q, valid=torch.tensor([True, True, False]))
+    assert [sorted(r) for r in recall.record_ids] == [["a", "b"], ["d"], []]
+    torch.testing.assert_close(recall.delta[1], torch.eye(4, 8)[3] * 0.7)
+    assert not recall.delta[2].any()

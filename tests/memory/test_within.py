@@ -11,6 +11,8 @@ import pytest
 from baldr_ops.memory import within
 from baldr_ops.memory.derive import key_states
 
+pytestmark = pytest.mark.research
+
 GROUPS = (("Bread rises because yeast makes gas.", "Knead the dough for ten minutes.", "A sourdough starter needs"),
           ("The goalkeeper saved a penalty.", "Offside is called when", "The striker scored twice."),
           ("Tides follow the moon.", "Waves break on the shore.", "The deepest trench in the ocean is"))
@@ -58,7 +60,7 @@ def test_rows_depend_on_layer_pooling_corpus_and_dtype(smollm2, small_corpus, mo
     assert len(paths) == 7
 
 
-@pytest.mark.parametrize("damage", ["garbage", "wrong shape", "not finite", "empty"])
+@pytest.mark.parametrize("damage", ["garbage", "wrong shape", "not finite", "empty", "zip", "huge header"])
 def test_a_damaged_cache_file_is_measured_again_and_replaced(smollm2, small_corpus, damage):
     path = within.cache_path(smollm2, 28, "topic")
     path.parent.mkdir(parents=True)
@@ -71,6 +73,15 @@ def test_a_damaged_cache_file_is_measured_again_and_replaced(smollm2, small_corp
         bad = good.copy()
         bad[0, 0] = np.nan
         np.save(path, bad)
+    elif damage == "zip":
+        with open(path, "wb") as fh:
+            np.savez(fh, rows=good)
+    elif damage == "huge header":
+        header = np.lib.format.header_data_from_array_1_0(good)
+        header["shape"] = (10**9, 10**6)
+        with open(path, "wb") as fh:
+            np.lib.format.write_array_header_1_0(fh, header)
+            fh.write(good.tobytes())
     else:
         path.write_bytes(b"")
     rows = within.within_rows(smollm2, 28, "topic")
