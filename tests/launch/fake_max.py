@@ -19,8 +19,8 @@ Behaviour from the environment:
                         of anonymous memory every second (touched, so it is really used), at
                         most FAKE_ALLOC_CAP_MIB. The slow request is answered when SIGTERM comes
                         (a drain lets in-flight work finish), at the latest after FAKE_SLOW_S;
-                        SIGTERM does not stop the runaway (it prints "ANSWERED slow" when the
-                        slow answer is sent)
+                        SIGTERM does not stop the runaway (it prints "ANSWERED slow" just before
+                        the slow answer is sent)
   FAKE_ANSWERS          what chat completions answer (with MAX's logprobs tokens): "ok" (default:
                         "Paris."), "repeat" (one token over and over), "empty", "stopless" (runs
                         past the newline stop), "drift" ("Paris." for FAKE_DRIFT_AFTER requests,
@@ -119,12 +119,12 @@ def main():
                 os._exit(1)
             answered[0] += 1
             tokens = answer_tokens(answered[0])
+            if slow:  # before the answer goes out: a client that has it knows the line is in the pipe
+                print("ANSWERED slow", flush=True)
             self._json(200, {"choices": [{"finish_reason": "stop", "index": 0,
                                           "message": {"role": "assistant", "content": "".join(tokens)},
                                           "logprobs": {"content": [{"token": t, "bytes": list(t.encode()),
                                                                     "logprob": -0.1} for t in tokens]}}]})
-            if slow:
-                print("ANSWERED slow", flush=True)
 
     runaway = threading.Event()
     terminated = threading.Event()
