@@ -4,6 +4,11 @@ thread), the same with 2 threads and with 2 processes sharing one budget, and th
 cuMemGetInfo_v2 (target < 1 us). Functions are found as MAX finds them: dlopen + dlsym.
 
     .venv/bin/python -m bench shim
+    BENCH_SHIM_DRIVER=real python -m bench shim   # on a machine with an NVIDIA GPU: the real driver
+
+Against the real driver the baseline is the driver's own allocation (microseconds, not the fake's
+~100 ns), so fewer pairs are timed, and the floor row forces the unified rule (BALDR_MEMCAP_UNIFIED=on)
+since a discrete GPU would not read meminfo otherwise.
 """
 
 from __future__ import annotations
@@ -80,11 +85,13 @@ def _build(d: Path) -> None:
                                "HugePages_Total: 0\nHugePages_Free: 0\nHugepagesize: 2048 kB\n")
 
 
-def _env(d: Path, shim: Path | None, budget: str, **extra: str) -> dict[str, str]:
+def _env(d: Path, shim: Path | None, budget: str, real: bool, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BALDR_MEMCAP_", "FAKE_"))}
     env.pop("LD_PRELOAD", None)
-    env.update(LD_LIBRARY_PATH=str(d), FAKE_CUDA_MEMINFO=str(d / "meminfo"), FAKE_CUDA_STATIC_FREE="1",
-               BALDR_MEMCAP_MEMINFO=str(d / "meminfo"), BALDR_MEMCAP_BUDGET=budget, BALDR_MEMCAP_LIMIT="100G")
+    env.update(BALDR_MEMCAP_BUDGET=budget, BALDR_MEMCAP_LIMIT="100G")
+    if not real:
+        env.update(LD_LIBRARY_PATH=str(d), FAKE_CUDA_MEMINFO=str(d / "meminfo"), FAKE_CUDA_STATIC_FREE="1",
+                   BALDR_MEMCAP_MEMINFO=str(d / "meminfo"))
     if shim:
         env["LD_PRELOAD"] = str(shim)
     env.update(extra)
@@ -106,6 +113,7 @@ def main() -> int:
     from baldr_ops import shim
 
     lib = shim.library_path()
+    real = os.environ.get("BENCH_SHIM_DRIVER") == "real"
     budgets = []
     with tempfile.TemporaryDirectory(prefix="bench-shim-") as tmp:
         d = Path(tmp)
@@ -113,16 +121,17 @@ def main() -> int:
 
         def env(with_shim: bool, **extra):
             budgets.append(f"bench-{uuid.uuid4().hex[:8]}")
-            return _env(d, lib if with_shim else None, budgets[-1], **extra)
+            return _env(d, lib if with_shim else None, budgets[-1], real, **extra)
 
-        n = 2_000_000
+        n = 20_000 if real else 2_000_000
         rows = []
         for label, threads, procs in (("1 thread", 1, 1), ("2 threads", 2, 1), ("2 processes", 1, 2)):
             base = _run(d, env(False), "pairs", threads, n, procs)
             shared = env(True)  # processes of one row share one budget, hence one ledger counter
             capped = _run(d, shared, "pairs", threads, n, procs)
             rows.append((f"alloc+free pair, {label}", base, capped))
-        floor = _run(d, env(True, BALDR_MEMCAP_FLOOR="8G"), "pairs", 1, n)
+        unified = {"BALDR_MEMCAP_UNIFIED": "on"} if real else {}
+        floor = _run(d, env(True, BALDR_MEMCAP_FLOOR="8G", **unified), "pairs", 1, n)
         rows.append(("alloc+free pair, 1 thread, cap + floor (unified)", rows[0][1], floor))
         info_base = _run(d, env(False), "info", 1, n)
         info = _run(d, env(True), "info", 1, n)
@@ -131,7 +140,9 @@ def main() -> int:
     for name in budgets:
         for path in Path("/dev/shm").glob(f"baldr-memcap.*.{os.geteuid()}.{name}"):
             path.unlink(missing_ok=True)
-    print(f"{'operation':52} {'fake only':>10} {'with shim':>10} {'added':>9} {'ratio':>6}")
+    print(f"driver: {'the real one (libcuda.so.1 of this machine)' if real else 'the fake GB10 driver'}, "
+          f"{n} operations per run, best of 5")
+    print(f"{'operation':52} {'driver':>10} {'with shim':>10} {'added':>9} {'ratio':>6}")
     for name, base, with_shim in rows:
         print(f"{name:52} {base:8.1f}ns {with_shim:8.1f}ns {with_shim - base:7.1f}ns {with_shim / base:6.2f}")
     single_added = rows[0][2] - rows[0][1]

@@ -1,0 +1,106 @@
+"""A CUDA program for tests/shim/test_gpu.py, run in a child process (under the shim or not).
+
+Each step prints one JSON line; where the parent must look at the ledger while memory is held, the
+child then waits for a line on stdin. Modes:
+  fill BLOCK   allocate BLOCK-byte tensors until OOM; report; [wait] free all; report; [wait] fill again
+  hold BYTES   allocate BYTES; report; [wait]
+  query        cuMemGetInfo, the device's total, NVML's memory info and MemAvailable, side by side
+  compute      a matrix product on the GPU against the same on the CPU
+  jax          a small JAX computation (JAX sizes its pool from the driver's figures); report; [wait]
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import sys
+
+
+def emit(**fields) -> None:
+    print(json.dumps(fields), flush=True)
+
+
+def wait() -> None:
+    sys.stdin.readline()
+
+
+def mem_available() -> int:
+    with open("/proc/meminfo") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+
+
+def nvml_memory() -> dict:
+    """nvmlDeviceGetMemoryInfo for device 0, as any NVML client (nvitop, DCGM) would call it."""
+    nvml = ctypes.CDLL("libnvidia-ml.so.1")
+    nvml.nvmlInit_v2()
+    dev = ctypes.c_void_p()
+    nvml.nvmlDeviceGetHandleByIndex_v2(0, ctypes.byref(dev))
+    mem = (ctypes.c_ulonglong * 3)()  # total, free, used
+    rc = nvml.nvmlDeviceGetMemoryInfo(dev, mem)
+    return {"nvml_rc": rc, "nvml_total": mem[0], "nvml_free": mem[1]}
+
+
+def cuda_figures(torch) -> dict:
+    free, total = torch.cuda.mem_get_info()
+    return {"free": free, "total": total}
+
+
+def fill(torch, block: int) -> list:
+    blocks = []
+    try:
+        while True:
+            blocks.append(torch.empty(block, dtype=torch.uint8, device="cuda"))
+    except torch.OutOfMemoryError:
+        pass
+    torch.cuda.synchronize()
+    return blocks
+
+
+def main(mode: str, arg: str | None) -> None:
+    if mode == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        x = jnp.arange(1 << 20, dtype=jnp.float32)
+        emit(sum=float((x + 1).sum()), platform=jax.devices()[0].platform)
+        wait()
+        return
+    import torch
+
+    torch.cuda.init()
+    torch.ones(1, device="cuda")  # a context, before any figure is read
+    if mode == "fill":
+        block = int(arg)
+        blocks = fill(torch, block)
+        emit(allocated=len(blocks) * block, **cuda_figures(torch))
+        wait()
+        del blocks
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        emit(**cuda_figures(torch))
+        wait()
+        blocks = fill(torch, block)
+        emit(allocated=len(blocks) * block, **cuda_figures(torch))
+        wait()
+    elif mode == "hold":
+        held = torch.empty(int(arg), dtype=torch.uint8, device="cuda")
+        torch.cuda.synchronize()
+        emit(held=held.numel(), pid=os.getpid())
+        wait()
+    elif mode == "query":
+        props = torch.cuda.get_device_properties(0)
+        emit(**cuda_figures(torch), **nvml_memory(), device_total=props.total_memory,
+             integrated=bool(props.is_integrated), mem_available=mem_available(), name=props.name)
+    elif mode == "compute":
+        gen = torch.Generator().manual_seed(0)
+        a = torch.randn(1024, 1024, generator=gen, dtype=torch.float64)
+        b = torch.randn(1024, 1024, generator=gen, dtype=torch.float64)
+        on_gpu = (a.cuda() @ b.cuda()).cpu()
+        emit(max_error=float((on_gpu - a @ b).abs().max()))
+    else:
+        sys.exit(f"unknown mode {mode!r}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None)

@@ -1,0 +1,203 @@
+"""The shim against a real NVIDIA driver (any GPU; skipped without one): PyTorch's three allocators
+stop at the cap and get their memory back, one budget spans processes and a killed holder's share
+is reclaimed, every memory query reports the cap, results are unchanged, and the unified-memory
+rule (`BALDR_MEMCAP_UNIFIED=on`, automatic on GB10) reports MemAvailable.
+
+Each check runs tests/shim/gpu_child.py in a child process; the shim must be built (`make shim`)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from baldr_ops import shim
+from baldr_ops.native import LibraryMissing, library_path
+
+pytestmark = pytest.mark.gpu
+
+CHILD = Path(__file__).with_name("gpu_child.py")
+MIB, GIB = 1 << 20, 1 << 30
+CAP = 4 * GIB
+BLOCK = 256 * MIB
+# How far short of its share a fill may stop: the last block that did not fit, plus what the context's
+# first small tensors took (one 2 MiB segment each for PyTorch).
+SLACK = BLOCK + 64 * MIB
+
+
+@pytest.fixture(scope="module", autouse=True)
+def needs_torch_and_shim():
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("needs PyTorch with CUDA")
+    try:
+        library_path()
+    except LibraryMissing as e:
+        pytest.fail(f"{e} (run 'make shim' before the GPU tests)")
+
+
+def budget() -> str:
+    return f"gpu{uuid.uuid4().hex[:12]}"
+
+
+class Child:
+    """gpu_child.py in a process of its own: read its JSON lines, let it go on, kill it."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None, preload: bool = True, **shim_settings):
+        full = dict(os.environ)
+        if preload:
+            full.update(shim.child_env(**shim_settings))
+        full.update(env or {})
+        self.proc = subprocess.Popen([sys.executable, str(CHILD), *args], env=full, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def next(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.kill()
+            raise AssertionError(f"child ended (rc {self.proc.wait()}): {self.proc.stderr.read()[-3000:]}")
+        return json.loads(line)
+
+    def go(self) -> None:
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+
+    def end(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=60)
+
+
+def run_child(*args: str, **kwargs) -> dict:
+    child = Child(*args, **kwargs)
+    try:
+        return child.next()
+    finally:
+        child.end()
+
+
+def committed(name: str) -> int:
+    state = shim.read_ledger(name)
+    assert state is not None, f"budget {name} has no ledger: the shim never joined it"
+    return state.committed
+
+
+ALLOCATORS = {
+    "native": "",  # cudaMalloc -> cuMemAlloc, reached through cuGetProcAddress
+    "expandable": "expandable_segments:True",  # cuMemCreate + cuMemMap (the VMM route MAX takes)
+    "async": "backend:cudaMallocAsync",  # the driver's stream-ordered pool
+}
+
+
+@pytest.mark.parametrize("allocator", ALLOCATORS)
+def test_torch_stops_at_the_cap_and_gets_its_memory_back(allocator):
+    name = budget()
+    child = Child("fill", str(BLOCK), env={"PYTORCH_CUDA_ALLOC_CONF": ALLOCATORS[allocator]},
+                  limit=str(CAP), budget=name)
+    try:
+        full = child.next()
+        held = committed(name)
+        assert CAP - SLACK <= full["allocated"] <= CAP, full
+        assert full["allocated"] <= held <= CAP, (full, held)
+        assert full["total"] == CAP
+        assert abs(full["free"] - (CAP - held)) <= 2 * MIB, (full, held)
+
+        child.go()
+        emptied = child.next()
+        assert committed(name) <= 64 * MIB
+        assert emptied["free"] >= CAP - 64 * MIB, emptied
+
+        child.go()
+        again = child.next()
+        assert abs(again["allocated"] - full["allocated"]) <= SLACK, (full, again)
+    finally:
+        child.end()
+
+
+def test_every_query_reports_the_cap():
+    plain = run_child("query", preload=False)
+    assert plain["total"] > CAP, "this check needs a GPU larger than its cap"
+    capped = run_child("query", limit=str(CAP), budget=budget())
+    assert capped["total"] == CAP
+    assert capped["device_total"] == CAP  # cudaGetDeviceProperties -> cuDeviceTotalMem
+    assert CAP - 64 * MIB <= capped["free"] <= CAP
+    assert capped["nvml_rc"] == 0 and capped["nvml_total"] == CAP, capped
+    assert abs(capped["nvml_free"] - capped["free"]) <= 64 * MIB, capped
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is None, reason="needs nvidia-smi")
+def test_nvidia_smi_under_the_shim_shows_the_cap():
+    env = {**os.environ, **shim.child_env(limit=str(CAP), budget=budget())}
+    out = subprocess.run(["nvidia-smi", "--id=0", "--query-gpu=memory.total,memory.free",
+                          "--format=csv,noheader,nounits"], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    total_mib, free_mib = (int(v) for v in out.stdout.split(","))
+    assert total_mib == CAP // MIB, out.stdout
+    assert free_mib <= total_mib
+
+
+def test_one_budget_spans_processes_and_a_killed_holder_is_reclaimed():
+    name, hold = budget(), 3 * GIB
+    holder = Child("hold", str(hold), limit=str(CAP), budget=name)
+    try:
+        holding = holder.next()
+        ledger = shim.read_ledger(name)
+        mine = [p for p in ledger.processes if p.pid == holding["pid"]]
+        assert mine and mine[0].alive and mine[0].used >= hold, ledger
+
+        squeezed = Child("fill", str(BLOCK), limit=str(CAP), budget=name)
+        try:
+            got = squeezed.next()
+            assert CAP - hold - SLACK <= got["allocated"] <= CAP - hold, got
+            assert committed(name) <= CAP
+        finally:
+            squeezed.end()
+
+        holder.proc.send_signal(signal.SIGKILL)  # no chance to free: the ledger must notice the death
+        holder.proc.wait(timeout=60)
+        after = Child("fill", str(BLOCK), limit=str(CAP), budget=name)
+        try:
+            got = after.next()
+            assert got["allocated"] >= CAP - SLACK, got
+        finally:
+            after.end()
+    finally:
+        holder.end()
+
+
+def test_results_are_unchanged_under_the_shim():
+    out = run_child("compute", limit=str(CAP), budget=budget())
+    assert out["max_error"] < 1e-9, out
+
+
+def test_unified_rule_reports_memavailable():
+    plain = run_child("query", preload=False)
+    unified = run_child("query", unified="on", budget=budget())
+    assert unified["total"] == plain["total"]  # no cap: the device's own total
+    expected = min(unified["mem_available"], plain["total"])
+    assert abs(unified["free"] - expected) <= 0.01 * expected, unified
+    assert unified["nvml_rc"] == 0
+    assert abs(unified["nvml_free"] - unified["free"]) <= 0.01 * expected, unified
+
+
+def test_jax_sizes_its_pool_from_the_capped_figures():
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("needs JAX with CUDA")
+    name = budget()
+    child = Child("jax", limit=str(CAP), budget=name)
+    try:
+        out = child.next()
+        if out["platform"] != "gpu":
+            pytest.skip(f"JAX runs on {out['platform']}, not the GPU")
+        assert out["sum"] == pytest.approx((1 << 20) * ((1 << 20) + 1) / 2, rel=1e-5)
+        # JAX preallocates a fraction (75 % by default) of what the driver says it has.
+        assert CAP // 2 <= committed(name) <= CAP
+    finally:
+        child.end()
