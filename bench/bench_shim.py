@@ -37,9 +37,12 @@ static int (*Free)(u64);
 static int (*Info)(size_t *, size_t *);
 static long iters;
 static pthread_barrier_t bar;
+static void *ctx;
+static int (*setctx)(void *);
 static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec * 1e-9; }
 static void *pairs(void *arg) {
     (void)arg; u64 p;
+    setctx(ctx);   /* a context is current per thread (the fake does not care; the real driver does) */
     pthread_barrier_wait(&bar);
     for (long i = 0; i < iters; i++) { if (Alloc(&p, 1 << 20) || Free(p)) { fprintf(stderr, "alloc failed\n"); exit(1); } }
     return NULL;
@@ -48,9 +51,9 @@ int main(int argc, char **argv) {
     void *h = dlopen("libcuda.so.1", RTLD_NOW);
     int (*init)(unsigned) = dlsym(h, "cuInit");
     int (*retain)(void **, int) = dlsym(h, "cuDevicePrimaryCtxRetain");
-    int (*setctx)(void *) = dlsym(h, "cuCtxSetCurrent");
+    setctx = dlsym(h, "cuCtxSetCurrent");
     Alloc = dlsym(h, "cuMemAlloc_v2"); Free = dlsym(h, "cuMemFree_v2"); Info = dlsym(h, "cuMemGetInfo_v2");
-    void *ctx; init(0); retain(&ctx, 0); setctx(ctx);
+    init(0); retain(&ctx, 0); setctx(ctx);
     const char *what = argv[1]; int threads = atoi(argv[2]); iters = atol(argv[3]);
     u64 warm; Alloc(&warm, 1); Free(warm);   /* join the ledger outside the timing */
     double t0, t1;

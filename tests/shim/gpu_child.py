@@ -6,6 +6,8 @@ child then waits for a line on stdin. Modes:
   hold BYTES   allocate BYTES; report; [wait]
   query        cuMemGetInfo, the device's total, NVML's memory info and MemAvailable, side by side
   compute      a matrix product on the GPU against the same on the CPU
+  driver KIND  the driver API itself (ctypes: dlopen + dlsym, as MAX finds it): 1 GiB at a time of
+               KIND (device, managed, host, pitch) until refused; report; [wait] free all; report; [wait]
   jax          a small JAX computation (JAX sizes its pool from the driver's figures); report; [wait]
 """
 
@@ -57,7 +59,42 @@ def fill(torch, block: int) -> list:
     return blocks
 
 
+def driver_families(kind: str) -> None:
+    c = ctypes
+    cu = c.CDLL("libcuda.so.1")
+    dev, ctx = c.c_int(), c.c_void_p()
+    for rc in (cu.cuInit(0), cu.cuDeviceGet(c.byref(dev), 0), cu.cuDevicePrimaryCtxRetain(c.byref(ctx), dev),
+               cu.cuCtxSetCurrent(ctx)):
+        assert rc == 0, rc
+    gib, held, error = 1 << 30, [], 0
+    while not error and len(held) < 16:
+        if kind in ("device", "managed", "pitch"):
+            ptr = c.c_ulonglong()
+            if kind == "device":
+                error = cu.cuMemAlloc_v2(c.byref(ptr), c.c_size_t(gib))
+            elif kind == "managed":
+                error = cu.cuMemAllocManaged(c.byref(ptr), c.c_size_t(gib), c.c_uint(1))  # ATTACH_GLOBAL
+            else:
+                pitch = c.c_size_t()
+                error = cu.cuMemAllocPitch_v2(c.byref(ptr), c.byref(pitch), c.c_size_t(64 << 10),
+                                              c.c_size_t(gib // (64 << 10)), c.c_uint(16))
+            release = lambda p=ptr.value: cu.cuMemFree_v2(c.c_ulonglong(p))  # noqa: E731
+        else:
+            ptr = c.c_void_p()
+            error = cu.cuMemAllocHost_v2(c.byref(ptr), c.c_size_t(gib))
+            release = lambda p=ptr.value: cu.cuMemFreeHost(c.c_void_p(p))  # noqa: E731
+        if not error:
+            held.append(release)
+    emit(allocated=len(held) * gib, error=error)
+    wait()
+    emit(free_errors=[rc for rc in (release() for release in held) if rc])
+    wait()
+
+
 def main(mode: str, arg: str | None) -> None:
+    if mode == "driver":
+        driver_families(arg)
+        return
     if mode == "jax":
         import jax
         import jax.numpy as jnp

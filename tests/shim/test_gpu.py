@@ -121,6 +121,33 @@ def test_torch_stops_at_the_cap_and_gets_its_memory_back(allocator):
         child.end()
 
 
+@pytest.mark.parametrize("kind", ["device", "managed", "host", "pitch"])
+def test_driver_families_are_capped_and_given_back(kind):
+    name = budget()
+    child = Child("driver", kind, limit=str(CAP), budget=name)
+    try:
+        full = child.next()
+        assert full["allocated"] == CAP and full["error"] == 2, full  # CUDA_ERROR_OUT_OF_MEMORY
+        assert committed(name) == CAP
+        child.go()
+        assert child.next()["free_errors"] == []
+        assert committed(name) == 0
+    finally:
+        child.end()
+
+
+def test_processes_racing_to_the_cap_never_exceed_it():
+    name, racers = budget(), 4
+    children = [Child("fill", str(BLOCK), limit=str(CAP), budget=name) for _ in range(racers)]
+    try:
+        got = [child.next()["allocated"] for child in children]
+        assert CAP - racers * SLACK <= sum(got) <= CAP, got
+        assert committed(name) <= CAP
+    finally:
+        for child in children:
+            child.end()
+
+
 def test_every_query_reports_the_cap():
     plain = run_child("query", preload=False)
     assert plain["total"] > CAP, "this check needs a GPU larger than its cap"
