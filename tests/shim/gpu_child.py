@@ -105,8 +105,7 @@ def main(mode: str, arg: str | None) -> None:
         return
     import torch
 
-    torch.cuda.init()
-    torch.ones(1, device="cuda")  # a context, before any figure is read
+    torch.cuda.mem_get_info()  # a context before any figure is read, without allocating (the cap may be reached)
     if mode == "fill":
         block = int(arg)
         blocks = fill(torch, block)
