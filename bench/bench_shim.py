@@ -153,6 +153,10 @@ def main() -> int:
         print(f"{name:52} {base:8.1f}ns {with_shim:8.1f}ns {with_shim - base:7.1f}ns {with_shim / base:6.2f}")
     single_added = rows[0][2] - rows[0][1]
     info_added = rows[-1][2] - rows[-1][1]
+    if real:  # a pair costs tens of microseconds here and varies by more than the 50 ns target between runs
+        print(f"real driver: the shim adds {rows[0][2] / rows[0][1] - 1:+.1%} to a pair (one thread) and "
+              f"{rows[-1][2] / rows[-1][1] - 1:+.1%} to cuMemGetInfo_v2; the ns targets are judged on the fake driver")
+        return 0
     print(f"targets: <= 50 ns added per pair (single thread): {single_added:.1f} ns "
           f"{'OK' if single_added <= 50 else 'MISSED'}; cuMemGetInfo < 1000 ns added: {info_added:.0f} ns "
           f"{'OK' if info_added < 1000 else 'MISSED'}")
