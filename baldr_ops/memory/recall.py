@@ -47,6 +47,7 @@ class Recall:
     def _host(self) -> tuple:
         if self._lists is None:
             scores, rows, weights = (t.cpu().tolist() for t in (self.scores, self.rows, self.weight_matrix))
+            groups = None if self.group_scores is None else self.group_scores.cpu().tolist()
             ids, rel, wts, top = [], [], [], []
             for s_row, r_row, w_row in zip(scores, rows, weights, strict=True):
                 keep = [j for j, w in enumerate(w_row) if w > 0]
@@ -54,7 +55,7 @@ class Recall:
                 rel.append([s_row[j] for j in keep])
                 wts.append([w_row[j] for j in keep])
                 top.append([(self._ids[r], v) for r, v in zip(r_row, s_row, strict=True)])
-            self._lists = ids, rel, wts, top
+            self._lists = ids, rel, wts, top, groups
         return self._lists
 
     @property
@@ -78,7 +79,7 @@ class Recall:
     @property
     def top_group_relevance(self) -> list[list[float]] | None:
         """Per row, recalling by label, the group relevance of each of `top_relevance`'s candidates."""
-        return None if self.group_scores is None else self.group_scores.cpu().tolist()
+        return self._host()[4]
 
     @property
     def active(self) -> bool:
@@ -202,10 +203,10 @@ class LayerMemory:
         query = self.query(pooled)
         group_scores = None
         if s.gate == "relevance":
-            scores, rows, margin = self._candidates(query, s.top_k)
-            weights = (s.strength * margin.clamp_min(0)).clamp_max(s.weight_cap) / self._share(rows)
+            scores, rows, margin, read = self._candidates(query, s.top_k)
+            weights = (s.strength * margin.clamp_min(0)).clamp_max(s.weight_cap)
             if self.group_of is not None:
-                group_scores = self._shown(scores, rows, margin)
+                weights, group_scores = weights / self._share(rows), read
         else:
             scores, rows = self.index.search(query, s.top_k)
             scores, rows = scores.to(self.device), rows.to(self.device)
@@ -225,28 +226,33 @@ class LayerMemory:
             return float(self.group_thresholds[self.group_of[i]])
         return self.settings.threshold if self.thresholds is None else float(self.thresholds[i])
 
-    def _margin(self, query: torch.Tensor, scores: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """Each candidate's margin over its threshold, [b, k]: its group's, or its own when alone."""
-        own = scores - (self.thresholds[rows] if self.settings.threshold is None else self.settings.threshold)
+    def _margin(self, query: torch.Tensor, scores: torch.Tensor,
+                rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each candidate's margin over its threshold and the relevance the gate read, [b, k] each:
+        its group's, or its own when alone."""
+        thresholds = self.thresholds[rows] if self.settings.threshold is None else self.settings.threshold
         if self.group_of is None:
-            return own
+            return scores - thresholds, scores
         groups = self.group_of[rows]
-        group_margin = unit(query) @ self.group_keys.T - self.group_thresholds  # [b, g]
-        return torch.where(groups >= 0, group_margin.gather(1, groups.clamp_min(0)), own)
+        alone = groups < 0
+        group_scores = (unit(query) @ self.group_keys.T).gather(1, groups.clamp_min(0))  # [b, k]
+        read = torch.where(alone, scores, group_scores)
+        return read - torch.where(alone, thresholds, self.group_thresholds[groups.clamp_min(0)]), read
 
-    def _candidates(self, query: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The top k records by relevance (cosine, row, margin [b, k]). Recalling by label, among the
-        records whose gate passes first, so that a label whose mean key fails cannot crowd out one
-        whose key passes: every record is scored (as the exact index does anyway)."""
+    def _candidates(self, query: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
+        """The top k records by relevance (cosine, row, margin and the relevance read, [b, k]).
+        Recalling by label, among the records whose gate passes first, so that a label whose mean key
+        fails cannot crowd out one whose key passes: every record is scored (as the exact index does
+        anyway)."""
         if self.group_of is None:
             scores, rows = self.index.search(query, k)
             scores, rows = scores.to(self.device), rows.to(self.device)
-            return scores, rows, self._margin(query, scores, rows)
+            return scores, rows, *self._margin(query, scores, rows)
         scores, rows = self._every_score(query)
-        margin = self._margin(query, scores, rows)
+        margin, read = self._margin(query, scores, rows)
         order = torch.where(margin > 0, scores, scores - 4.0)  # cosines lie in [-1, 1]: passing ones first
         pick = order.topk(min(k, self.size), dim=1).indices
-        return scores.gather(1, pick), rows.gather(1, pick), margin.gather(1, pick)
+        return tuple(t.gather(1, pick) for t in (scores, rows, margin, read))
 
     def _every_score(self, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Every record's cosine with each query and its row, [b, n] each (in row order from the exact
@@ -259,16 +265,9 @@ class LayerMemory:
 
     def _share(self, rows: torch.Tensor) -> torch.Tensor:
         """How many candidates of each row share each candidate's weight: its group's, or 1 alone."""
-        if self.group_of is None:
-            return torch.ones(rows.shape, dtype=torch.float32, device=rows.device)
         groups = self.group_of[rows]
         same = (groups[:, :, None] == groups[:, None, :]) & (groups[:, :, None] >= 0)
         return same.sum(dim=2).clamp_min(1).to(torch.float32)
-
-    def _shown(self, scores: torch.Tensor, rows: torch.Tensor, margin: torch.Tensor) -> torch.Tensor:
-        """The relevance each candidate's gate read: its group's, or its own when alone."""
-        groups = self.group_of[rows]
-        return torch.where(groups >= 0, margin + self.group_thresholds[groups.clamp_min(0)], scores)
 
     def margins(self, pooled: torch.Tensor) -> torch.Tensor:
         """Every record's margin over its threshold (its group's, recalling by label) for pooled states
@@ -277,5 +276,5 @@ class LayerMemory:
             return torch.zeros((pooled.shape[0], 0), device=self.device)
         query = self.query(pooled)
         scores, rows = self._every_score(query)
-        margin = self._margin(query, scores, rows)
+        margin = self._margin(query, scores, rows)[0]
         return torch.full_like(margin, -torch.inf).scatter_(1, rows, margin)

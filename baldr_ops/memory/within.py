@@ -25,28 +25,29 @@ import numpy as np
 from baldr_ops.atomic import atomic_write
 from baldr_ops.memory.derive import MAX_TOKENS, TOPIC_SUFFIX, key_states
 from baldr_ops.memory.domains import topic_corpus_fingerprint, topic_groups
-from baldr_ops.memory.identity import identity_of
+from baldr_ops.memory.identity import ModelIdentity, identity_of
 from baldr_ops.paths import cache_root
 
 # Bump when the rows of the same inputs would come out different (a change to how states are read).
 ROWS_VERSION = 1
 
 
-def cache_path(lm, key_layer: int, pooling: str) -> Path:
-    """Where the rows of this model, key layer and pooling are kept: named by a hash of everything
-    they depend on."""
-    identity = identity_of(lm)
-    what = [ROWS_VERSION, identity.weights_sha256, identity.tokenizer_sha256, identity.dtype, lm.device.type,
+def cache_path(identity: ModelIdentity, device: str, key_layer: int, pooling: str) -> Path:
+    """Where the rows of this model (on this device type), key layer and pooling are kept: named by
+    a hash of everything they depend on."""
+    what = [ROWS_VERSION, identity.weights_sha256, identity.tokenizer_sha256, identity.dtype, device,
             key_layer, pooling, topic_corpus_fingerprint(), TOPIC_SUFFIX, MAX_TOKENS]
     return cache_root() / "within-rows" / f"{hashlib.sha256(json.dumps(what).encode()).hexdigest()[:32]}.npy"
 
 
-def within_rows(lm, key_layer: int, pooling: str, progress: Callable[[str], None] = lambda _: None) -> np.ndarray:
+def within_rows(lm, key_layer: int, pooling: str, progress: Callable[[str], None] = lambda _: None,
+                identity: ModelIdentity | None = None) -> np.ndarray:
     """The topic corpus's key states at ``key_layer``, each subject centred on its own mean,
-    float32 [texts, d_model]: from the cache, else measured and cached."""
+    float32 [texts, d_model]: from the cache, else measured and cached. ``identity``: the model's,
+    where the caller holds it already (hashing the tokenizer costs ~0.1 s)."""
     groups = topic_groups()
     texts = [t for group in groups for t in group]
-    path = cache_path(lm, key_layer, pooling)
+    path = cache_path(identity or identity_of(lm), lm.device.type, key_layer, pooling)
     cached = _read(path, (len(texts), lm.d_model))
     if cached is not None:
         return cached

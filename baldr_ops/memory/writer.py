@@ -90,9 +90,11 @@ def check_origin(origin: str, allow_untrusted_origin: bool) -> list[str]:
 
 
 def measure_references(lm, layers: Sequence[int], rule: KeyRule | None = None,
-                       progress: Callable[[str], None] = lambda _: None) -> dict[int, ReferenceBody]:
+                       progress: Callable[[str], None] = lambda _: None,
+                       identity: ModelIdentity | None = None) -> dict[int, ReferenceBody]:
     """The clean reference of each layer (the built-in reference texts and probes, pooled at the
-    layer and at the rule's key layer), with the key rule, unwritten."""
+    layer and at the rule's key layer), with the key rule, unwritten. ``identity``: the model's, if
+    the caller holds it (it names the cached within-topic rows)."""
     if not layers:
         return {}
     rule = rule or KeyRule()
@@ -112,7 +114,7 @@ def measure_references(lm, layers: Sequence[int], rule: KeyRule | None = None,
         return centre, ref - centre, probes - centre
 
     key_parts = split(key_states_, key_layer)
-    within = within_rows(lm, key_layer, rule.pooling, progress) if rule.metric == "within" else None
+    within = within_rows(lm, key_layer, rule.pooling, progress, identity) if rule.metric == "within" else None
     within_fields = {} if within is None else dict(n_within=len(within), key_within=encode_array(within),
                                                     within_sha256=topic_corpus_fingerprint())
     out = {}
@@ -279,14 +281,14 @@ def add_texts(store: MemoryStore, lm, texts: Sequence[str], layers: Sequence[int
                  for r in existing.values())])
     # References for the layers that have none, measured before the lock is taken (another process
     # may write one meanwhile: then that one is used and this one dropped).
-    references = measure_references(lm, [layer for layer, r in existing.items() if r is None], rule, progress)
+    references = measure_references(lm, [layer for layer, r in existing.items() if r is None], rule, progress, model)
     while True:
         try:
             with store.locked():
                 states = {layer: store.read_layer(layer) for layer in layers}
                 missing = [layer for layer, state in states.items()
                            if state.reference is None and layer not in references and not state.damaged]
-                references.update(measure_references(lm, missing, rule, progress))
+                references.update(measure_references(lm, missing, rule, progress, model))
                 new_references = {}
                 for layer, state in states.items():
                     reference = _with_reference(store, state, references)

@@ -225,6 +225,7 @@ def test_unlabelled_records_recall_as_by_record():
     by_record = _grouped([None] * 4, threshold=0.1, recall_by="record").recall(q)
     assert by_label.record_ids == by_record.record_ids and by_label.weights[0] == pytest.approx(by_record.weights[0])
     torch.testing.assert_close(by_label.delta, by_record.delta)
+    assert by_label.group_scores is None and by_label.top_group_relevance is None  # no group: no group view
 
 
 def test_the_share_counts_only_the_groups_records_among_the_top_k():

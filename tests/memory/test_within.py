@@ -26,6 +26,10 @@ def small_corpus(monkeypatch, tmp_path):
     return tmp_path / "cache"
 
 
+def path_of(lm, layer: int, pooling: str):
+    return within.cache_path(within.identity_of(lm), lm.device.type, layer, pooling)
+
+
 def _expected(lm, layer: int, pooling: str) -> np.ndarray:
     """Each subject's key states minus the subject's mean, read directly."""
     texts = [t for g in GROUPS for t in g]
@@ -36,7 +40,7 @@ def _expected(lm, layer: int, pooling: str) -> np.ndarray:
 def test_rows_are_measured_once_then_read_from_the_cache(smollm2, small_corpus, monkeypatch):
     first = within.within_rows(smollm2, 28, "topic")
     np.testing.assert_allclose(first, _expected(smollm2, 28, "topic"), atol=1e-5)
-    assert list(small_corpus.glob("within-rows/*.npy")) == [within.cache_path(smollm2, 28, "topic")]
+    assert list(small_corpus.glob("within-rows/*.npy")) == [path_of(smollm2, 28, "topic")]
 
     def no_model(*_a, **_k):
         raise AssertionError("the model was run although the rows are cached")
@@ -48,21 +52,32 @@ def test_rows_are_measured_once_then_read_from_the_cache(smollm2, small_corpus, 
         within.within_rows(smollm2, 24, "topic")
 
 
-def test_rows_depend_on_layer_pooling_corpus_and_dtype(smollm2, small_corpus, monkeypatch):
-    paths = {within.cache_path(smollm2, 28, "topic"), within.cache_path(smollm2, 24, "topic"),
-             within.cache_path(smollm2, 28, "mean")}
-    monkeypatch.setattr(within, "topic_corpus_fingerprint", lambda: "another corpus")
-    paths.add(within.cache_path(smollm2, 28, "topic"))
+def test_rows_depend_on_layer_pooling_corpus_device_and_model(smollm2, small_corpus, monkeypatch):
     identity = within.identity_of(smollm2)
+    paths = {path_of(smollm2, 28, "topic"), path_of(smollm2, 24, "topic"), path_of(smollm2, 28, "mean"),
+             within.cache_path(identity, "cuda", 28, "topic")}
     for change in ({"dtype": "bfloat16"}, {"weights_sha256": "0" * 64}, {"tokenizer_sha256": "1" * 64}):
-        monkeypatch.setattr(within, "identity_of", lambda _lm, c=change: identity.model_copy(update=c))
-        paths.add(within.cache_path(smollm2, 28, "topic"))
-    assert len(paths) == 7
+        paths.add(within.cache_path(identity.model_copy(update=change), "cpu", 28, "topic"))
+    monkeypatch.setattr(within, "topic_corpus_fingerprint", lambda: "another corpus")
+    paths.add(path_of(smollm2, 28, "topic"))
+    assert len(paths) == 8
+
+
+def test_a_caller_holding_the_identity_is_not_hashed_again(smollm2, small_corpus, monkeypatch):
+    identity = within.identity_of(smollm2)
+
+    def hashed(_lm):
+        raise AssertionError("identity_of called although the caller gave the identity")
+
+    monkeypatch.setattr(within, "identity_of", hashed)
+    rows = within.within_rows(smollm2, 28, "topic", identity=identity)
+    assert list(small_corpus.glob("within-rows/*.npy")) == [within.cache_path(identity, "cpu", 28, "topic")]
+    assert rows.shape == (9, smollm2.d_model)
 
 
 @pytest.mark.parametrize("damage", ["garbage", "wrong shape", "not finite", "empty", "zip", "huge header"])
 def test_a_damaged_cache_file_is_measured_again_and_replaced(smollm2, small_corpus, damage):
-    path = within.cache_path(smollm2, 28, "topic")
+    path = path_of(smollm2, 28, "topic")
     path.parent.mkdir(parents=True)
     good = _expected(smollm2, 28, "topic").astype(np.float32)
     if damage == "garbage":
