@@ -179,6 +179,8 @@ CASES = [
      r"argument --recall-by: invalid choice: 'topic'", None),
     ("memory-layer-spec-recall-by", ["memory", "ab", "--store", "{in}/s", "--layer", "13:recall_by=group", "x"], 2,
      r"bad --layer '13:recall_by=group': recall_by: Input should be 'label' or 'record'", None),
+    ("memory-add-empty-label", ["memory", "add", "--store", "{in}/s", "--label", " ", "a memory"], 2,
+     r"the label is empty", None),
     ("memory-keygen-missing-dir", ["memory", "keygen", "--key-file", "{in}/missing/dir/k"], 2, r"does not exist", None),
     ("unknown-command", ["frobnicate"], 2, r"argument COMMAND: invalid choice: 'frobnicate'", None),
     ("top-level-unknown-option", ["--frobnicate"], 2, r"unrecognized arguments: --frobnicate", None),

@@ -290,6 +290,9 @@ def run_add(args) -> int:
     texts = _texts(args)
     if not texts:
         raise UserError("no memory text given", hint="give texts as arguments or --file FILE (one per line)")
+    from baldr_ops.memory.records import check_label  # no torch: bad input fails in a blink
+
+    check_label(args.label)
     require_research_extra()
     from baldr_ops.memory.config import default_layer
     from baldr_ops.memory.identity import identity_of

@@ -27,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from baldr_ops.errors import UserError
 from baldr_ops.memory.identity import ModelIdentity
 from baldr_ops.memory.keys import SigningKey
 
@@ -139,6 +140,16 @@ class ReferenceBody(_Body):
     def within_rows(self) -> np.ndarray | None:
         """The topic corpus at the key layer, each group centred (None unless the metric is "within")."""
         return None if self.key_within is None else decode_array(self.key_within, (self.n_within, self.d_model))
+
+
+def check_label(label: str | None) -> str | None:
+    """A record's label as stored: None, or text with something in it (a blank label would group
+    its records under a name no report can show)."""
+    if label is None:
+        return None
+    if not label.strip():
+        raise UserError("the label is empty", hint="omit --label for records without one, or give a subject name")
+    return label
 
 
 class RecordBody(_Body):

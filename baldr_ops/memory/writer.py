@@ -44,6 +44,7 @@ from baldr_ops.memory.records import (
     RecordBody,
     ReferenceBody,
     body_id,
+    check_label,
     encode_array,
     now,
     sha256_text,
@@ -253,6 +254,7 @@ def add_texts(store: MemoryStore, lm, texts: Sequence[str], layers: Sequence[int
     for a layer's first records, its key rule (default `KeyRule()`); for a layer that has one, None or
     the same rule."""
     origin_flags = check_origin(origin, allow_untrusted_origin)
+    label = check_label(label)
     texts = [t.strip() for t in texts if t.strip()]
     if not texts:
         raise UserError("no memory text given", hint="give texts as arguments or --file FILE (one per line)")
@@ -323,6 +325,7 @@ def add_vectors(store: MemoryStore, model: ModelIdentity, layer: int, key: np.nd
     the value centred at ``layer``. The same screens and calibration apply; `verify --rederive` later
     checks the vectors really come from the text."""
     origin_flags = check_origin(origin, allow_untrusted_origin)
+    label = check_label(label)
     key, value = (np.asarray(v, dtype=np.float32).reshape(-1) for v in (key, value))
     if key.shape != (model.d_model,) or value.shape != (model.d_model,):
         raise UserError(f"vectors must have {model.d_model} values, got {key.size} and {value.size}")
