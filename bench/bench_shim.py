@@ -111,11 +111,12 @@ def _once(d: Path, env: dict, what: str, threads: int, iters: int, procs: int) -
 
 def _compare(d: Path, base: dict, shimmed: dict, what: str, threads: int, iters: int, procs: int = 1,
              repeat: int = 5) -> tuple[float, float]:
-    """Best of `repeat` for each environment, alternating runs so that drift hits both alike."""
+    """Best of `repeat` for each environment, alternating runs (and which goes first) so that drift
+    hits both alike."""
     best = [float("inf"), float("inf")]
-    for _ in range(repeat):
-        for i, env in enumerate((base, shimmed)):
-            best[i] = min(best[i], _once(d, env, what, threads, iters, procs))
+    for r in range(repeat):
+        for i in ((0, 1) if r % 2 == 0 else (1, 0)):
+            best[i] = min(best[i], _once(d, (base, shimmed)[i], what, threads, iters, procs))
     return best[0], best[1]
 
 

@@ -316,8 +316,7 @@ def run_add(args) -> int:
     rule = _key_rule(args, lm)
     records = add_texts(store, lm, texts, layers, origin=args.origin, label=args.label,
                         allow_untrusted_origin=args.allow_untrusted_origin, keep_flagged=args.keep_flagged,
-                        key_rule=rule,
-                        progress=progress)
+                        key_rule=rule, progress=progress, identity=ident)
     doc = AddReport(store=str(store.directory), model=ident.short(), layers=layers, layer_source=source, records=records)
     lines = [f"store {store.directory}  model {ident.short()}  layers {', '.join(map(str, layers))} ({source})"]
     for r in records:

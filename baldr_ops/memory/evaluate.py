@@ -350,7 +350,8 @@ def run(lm, settings: EvalSettings | None = None, domain_set: DomainSet = BUILTI
             progress(f"storing the {domain.name} memories")
             # Kept if a screen flags them (and reported): the evaluation measures the set as given.
             for added in add_texts(store, lm, domain.memories, [layer], label=domain.name,
-                                   key_rule=settings.key_rule, keep_flagged=True, progress=progress):
+                                   key_rule=settings.key_rule, keep_flagged=True, progress=progress,
+                                   identity=ident):
                 if added.id is None:
                     continue
                 if added.flags:

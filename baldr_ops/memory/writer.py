@@ -249,7 +249,8 @@ def _write(store: MemoryStore, candidates: list[Candidate], references: dict[int
 def add_texts(store: MemoryStore, lm, texts: Sequence[str], layers: Sequence[int], *, origin: str = "operator",
               label: str | None = None, allow_untrusted_origin: bool = False, keep_flagged: bool = False,
               screen_settings: ScreenSettings | None = None, key_rule: KeyRule | None = None,
-              progress: Callable[[str], None] = lambda _: None) -> list[AddedRecord]:
+              progress: Callable[[str], None] = lambda _: None,
+              identity: ModelIdentity | None = None) -> list[AddedRecord]:
     """Capture each text's key and value at each layer and append them, quarantined. ``key_rule``:
     for a layer's first records, its key rule (default `KeyRule()`); for a layer that has one, None or
     the same rule."""
@@ -259,7 +260,7 @@ def add_texts(store: MemoryStore, lm, texts: Sequence[str], layers: Sequence[int
     if not texts:
         raise UserError("no memory text given", hint="give texts as arguments or --file FILE (one per line)")
     layers = sorted({lm.check_layer(layer) for layer in layers})
-    model = identity_of(lm)
+    model = identity or identity_of(lm)  # a caller that holds it spares hashing the tokenizer again
     if not store.pending:
         require_same_model(store.header.model, model, f"store {store.directory}")
     rule = key_rule or KeyRule()

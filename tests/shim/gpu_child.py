@@ -2,7 +2,8 @@
 
 Each step prints one JSON line; where the parent must look at the ledger while memory is held, the
 child then waits for a line on stdin. Modes:
-  fill BLOCK   allocate BLOCK-byte tensors until OOM; report; [wait] free all; report; [wait] fill again
+  fill BLOCK   [ready; wait] allocate BLOCK-byte tensors until OOM; report; [wait] free all; report;
+               [wait] fill again
   hold BYTES   allocate BYTES; report; [wait]
   query        cuMemGetInfo, the device's total, NVML's memory info and MemAvailable, side by side
   compute      a matrix product on the GPU against the same on the CPU
@@ -108,6 +109,8 @@ def main(mode: str, arg: str | None) -> None:
     torch.cuda.mem_get_info()  # a context before any figure is read, without allocating (the cap may be reached)
     if mode == "fill":
         block = int(arg)
+        emit(ready=True)  # context made: racers start filling together
+        wait()
         blocks = fill(torch, block)
         emit(allocated=len(blocks) * block, **cuda_figures(torch))
         wait()
@@ -126,8 +129,10 @@ def main(mode: str, arg: str | None) -> None:
         wait()
     elif mode == "query":
         props = torch.cuda.get_device_properties(0)
-        emit(**cuda_figures(torch), **nvml_memory(), device_total=props.total_memory,
-             integrated=bool(props.is_integrated), mem_available=mem_available(), name=props.name)
+        before = mem_available()  # MemAvailable moves: bracket the figures between two readings
+        figures = {**cuda_figures(torch), **nvml_memory()}
+        emit(**figures, device_total=props.total_memory, integrated=bool(props.is_integrated),
+             mem_available_before=before, mem_available_after=mem_available(), name=props.name)
     elif mode == "compute":
         gen = torch.Generator().manual_seed(0)
         a = torch.randn(1024, 1024, generator=gen, dtype=torch.float64)
