@@ -176,6 +176,11 @@ def test_write_policy_origins_duplicates_and_short_text(store_copy, smollm2):
         add_texts(store_copy, smollm2, ["Hi"], [13])
     with pytest.raises(UserError, match="no memory text"):
         add_texts(store_copy, smollm2, ["  "], [13])
+    with pytest.raises(UserError, match="the label is empty"):
+        add_texts(store_copy, smollm2, ["A text that would otherwise be stored."], [13], label=" \t")
+    with pytest.raises(UserError, match="the label is empty"):
+        add_vectors(store_copy, identity_of(smollm2), 13, np.ones(576), np.ones(576), "vectors", origin="operator",
+                    label="")
     assert _snapshot(store_copy.directory) == before
     dup = next(iter(store_copy.read_layer(13).records.values())).body.source_text
     out = add_texts(store_copy, smollm2, [dup, "The tool reported that the build passed on every platform."], [13],
