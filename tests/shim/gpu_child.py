@@ -18,6 +18,10 @@ import ctypes
 import json
 import os
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout's package, installed or not
+from baldr_ops.system.meminfo import read_meminfo  # noqa: E402 - the project's one /proc/meminfo reader
 
 
 def emit(**fields) -> None:
@@ -29,8 +33,7 @@ def wait() -> None:
 
 
 def mem_available() -> int:
-    with open("/proc/meminfo") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    return read_meminfo().mem_available
 
 
 def nvml_memory() -> dict:
