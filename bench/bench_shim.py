@@ -78,12 +78,15 @@ def _cc(args: list[str]) -> None:
     subprocess.run([shutil.which("cc") or "cc", *args], check=True, capture_output=True)
 
 
-def _build(d: Path) -> None:
+def _build(d: Path, real: bool) -> None:
+    """The bench program, and the fake driver with its /proc/meminfo unless the real driver is timed."""
+    (d / "bench.c").write_text(BENCH_C)
+    _cc(["-O2", "-o", str(d / "bench"), str(d / "bench.c"), "-pthread", "-ldl"])
+    if real:
+        return
     lib = ["-O2", "-fPIC", "-shared", "-fvisibility=hidden", "-Wl,-Bsymbolic"]
     _cc([*lib, "-Wl,-soname,libcuda.so.1", "-o", str(d / "libcuda.so.1"), str(FAKES / "fakecuda.c")])
     _cc([*lib, "-Wl,-soname,libnvidia-ml.so.1", "-o", str(d / "libnvidia-ml.so.1"), str(FAKES / "fakenvml.c")])
-    (d / "bench.c").write_text(BENCH_C)
-    _cc(["-O2", "-o", str(d / "bench"), str(d / "bench.c"), "-pthread", "-ldl"])
     (d / "meminfo").write_text("MemTotal: 131072000 kB\nMemFree: 31457280 kB\nMemAvailable: 104857600 kB\n"
                                "HugePages_Total: 0\nHugePages_Free: 0\nHugepagesize: 2048 kB\n")
 
@@ -128,7 +131,7 @@ def main() -> int:
     budgets = []
     with tempfile.TemporaryDirectory(prefix="bench-shim-") as tmp:
         d = Path(tmp)
-        _build(d)
+        _build(d, real)
 
         def env(with_shim: bool, **extra):
             budgets.append(f"bench-{uuid.uuid4().hex[:8]}")
