@@ -5,7 +5,7 @@ A record's key is its text's state at the *key layer*, by the rule's key pooling
 tokens), minus that layer's reference centre (the same for the built-in reference texts); a query is
 read and centred the same way. The key layer need not be the layer that is nudged: on SmolLM2 topic
 states near the top (layer 28 of 30) separate unseen domains better than mean states at 80 % depth,
-and both better than at the 45 % where the nudge works (docs/memory.md, "Keys").
+and both better than at the middle layers (docs/memory.md, "Keys").
 
 Relevance is the cosine of the two after a linear map W, the key metric:
 

@@ -53,7 +53,7 @@ def test_memory_commands_end_to_end(tmp_path, capsys, demo_model, monkeypatch):
     code, out, err = _run(capsys, "memory", "add", *common, "--file", str(memories), "--label", "finance", "--json")
     assert code == 0, err
     added = json.loads(out)
-    assert added["layers"] == [13] and "45% depth" in added["layer_source"]
+    assert added["layers"] == [27] and "90% depth" in added["layer_source"]
     assert [r["status"] for r in added["records"]] == ["quarantined", "quarantined"]
     code, _, err = _run(capsys, "memory", "add", *common, "--origin", "model", "The model wrote this sentence.")
     assert code == 2 and "never written to memory" in err

@@ -1,4 +1,4 @@
-"""Default layer: from a saved SAE layer profile when there is one, else ~45 % depth."""
+"""Default layer: from a saved SAE layer profile when there is one, else 90 % depth."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from baldr_ops.memory.config import PROFILE_ENV, default_layer
 pytestmark = pytest.mark.research
 
 
-def test_without_a_profile_45_percent_depth():
-    assert default_layer(30, env={}) == (13, "45% depth (no SAE layer profile)")
+def test_without_a_profile_90_percent_depth():
+    assert default_layer(30, env={}) == (27, "90% depth (no SAE layer profile)")
     assert default_layer(1, env={})[0] == 0
+    assert default_layer(4, env={})[0] == 2  # 90 % would be the last layer, a bare output bias
 
 
 def test_profile_file_and_env(tmp_path):
@@ -53,7 +54,7 @@ def test_sae_profile_document(tmp_path):
     doc["integration_depth"] = {"layer": 29, "interior": False}
     path.write_text(json.dumps(doc))
     layer, source = default_layer(30, "abc", path, env={})
-    assert layer == 13 and "no interior integration zone" in source
+    assert layer == 27 and "no interior integration zone" in source
     doc["n_layers"] = 18
     path.write_text(json.dumps(doc))
     with pytest.raises(UserError, match="18 layers"):
