@@ -67,7 +67,14 @@ class ScreenSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    # A value's norm z-score against the reference's norms is an outlier beyond norm_z_max, or beyond
+    # norm_z_factor times the largest |z| a held-out reference vector reached in cross-validation where
+    # the reference's own norms spread that far: near the top of SmolLM2 (layer 27) they do (held-out
+    # |z| up to 5.3 in 8 folds, against 2.4 at layer 13, where the limit stays 6), and 6 of 356 clean
+    # memories of the domain sets passed z 6 there (at most 6.8), none the calibrated 8.0; any of them
+    # scaled up tenfold reaches z 60 or more.
     norm_z_max: float = Field(6.0, gt=0)
+    norm_z_factor: float = Field(1.5, gt=0)
     # The Mahalanobis limit is this factor times the largest distance a held-out clean reference
     # vector reached in cross-validation (so the limit is calibrated per layer and model).
     mahalanobis_factor: float = Field(1.5, gt=0)

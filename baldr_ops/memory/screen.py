@@ -4,7 +4,9 @@ Measured against the layer's reference (the pooled states of the built-in refere
 
 * finite: NaN or infinite values are refused outright (never stored);
 * norm z-score: (||x|| - mean ||ref||) / std ||ref||, two-sided; it flags values only (a key's norm
-  plays no part in recall, which compares directions; its shape is screened by the next two);
+  plays no part in recall, which compares directions; its shape is screened by the next two). Limit:
+  ``norm_z_max``, or ``norm_z_factor`` times the largest cross-validated |z| of the reference's own
+  vectors where that is wider (deep layers, whose reference norms spread further);
 * Mahalanobis distance under a Ledoit-Wolf shrunk covariance of the reference (n << d, so the plain
   sample covariance is singular). Its limit is calibrated per layer: ``mahalanobis_factor`` times the
   largest distance a held-out reference vector reaches in 8-fold cross-validation;
@@ -54,6 +56,7 @@ class ScreenReport(BaseModel):
     key: VectorScreen
     value: VectorScreen
     mahalanobis_limit: float  # the value's (and the key's, when both live at one layer)
+    norm_z_limit: float | None = None  # the value's (absent from records written before it was calibrated)
     span_fraction_limit: float
     key_mahalanobis_limit: float | None = None  # the key's, when it lives at another layer
     key_span_fraction_limit: float | None = None
@@ -123,19 +126,25 @@ class ReferenceScreen:
         norms = np.linalg.norm(ref, axis=1)
         self.norm_mean, self.norm_std = float(norms.mean()), float(max(norms.std(), 1e-12))
         self.whitener = _Whitener(ref)
-        self.cv_distances, self.cv_span_fractions = self._cross_validated(ref)
+        self.cv_distances, self.cv_span_fractions, self.cv_norm_z = self._cross_validated(ref)
         self.mahalanobis_limit = float(self.settings.mahalanobis_factor * self.cv_distances.max())
+        self.norm_z_limit = float(max(self.settings.norm_z_max,
+                                      self.settings.norm_z_factor * np.abs(self.cv_norm_z).max()))
         self.span_fraction_limit = float(self.settings.span_factor * self.cv_span_fractions.min())
         self.probes = _unit(np.asarray(probes, dtype=np.float64))
 
     @staticmethod
-    def _cross_validated(ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _cross_validated(ref: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each reference vector's Mahalanobis distance, span fraction and norm z-score, measured
+        against the reference without its fold."""
         folds = np.arange(len(ref)) % CV_FOLDS
-        distances, fractions = np.empty(len(ref)), np.empty(len(ref))
+        distances, fractions, norm_z = np.empty(len(ref)), np.empty(len(ref)), np.empty(len(ref))
+        norms = np.linalg.norm(ref, axis=1)
         for fold in range(CV_FOLDS):
             held = folds == fold
             distances[held], fractions[held] = _Whitener(ref[~held]).measure(ref[held])
-        return distances, fractions
+            norm_z[held] = (norms[held] - norms[~held].mean()) / max(norms[~held].std(), 1e-12)
+        return distances, fractions, norm_z
 
     def vector(self, x: np.ndarray) -> VectorScreen:
         x = np.asarray(x, dtype=np.float64)
@@ -153,7 +162,7 @@ class ReferenceScreen:
         s = self.settings
         keys = self.keys or self
         report = ScreenReport(key=keys.vector(key), value=self.vector(value),
-                              mahalanobis_limit=self.mahalanobis_limit,
+                              mahalanobis_limit=self.mahalanobis_limit, norm_z_limit=self.norm_z_limit,
                               span_fraction_limit=self.span_fraction_limit, flags=[])
         if self.keys is not None:
             report.key_mahalanobis_limit = keys.mahalanobis_limit
@@ -162,7 +171,7 @@ class ReferenceScreen:
             if not part.finite:
                 report.flags.append(f"{name}-not-finite")
                 continue
-            if name == "value" and abs(part.norm_z) > s.norm_z_max:
+            if name == "value" and abs(part.norm_z) > self.norm_z_limit:
                 report.flags.append(f"{name}-norm-outlier")
             if part.mahalanobis > screen.mahalanobis_limit:
                 report.flags.append(f"{name}-mahalanobis-outlier")

@@ -83,3 +83,31 @@ def test_keys_at_another_layer_are_screened_against_that_layer():
     relevance[:5] = 0.9  # half the probes would recall it
     report = screen.screen(k, v, probe_relevance=relevance)
     assert report.magnet_fraction == 0.5 and "retrieval-magnet" in report.flags
+
+
+def test_the_norm_limit_widens_where_the_references_own_norms_spread():
+    """The value-norm screen holds z 6 unless held-out reference vectors themselves reach further;
+    then it allows 1.5 times the furthest, and a value scaled far past it is still flagged."""
+    rng = np.random.default_rng(5)
+    d = 32
+    directions = rng.standard_normal((96, d))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+
+    def screen_of(norms):
+        ref = directions * norms[:, None]
+        return ReferenceScreen(ref, ref[:4])
+
+    narrow = screen_of(np.full(96, 10.0) + rng.standard_normal(96) * 0.5)
+    assert narrow.norm_z_limit == 6.0
+    # A skewed spread: a few long references, as deep layers show (5 of 96 at +6 std of the rest).
+    skewed = np.full(96, 10.0) + rng.standard_normal(96) * 0.5
+    skewed[:5] = 16.0
+    wide = screen_of(skewed)
+    furthest = float(np.abs(wide.cv_norm_z).max())
+    assert furthest > 4 and wide.norm_z_limit == pytest.approx(1.5 * furthest)
+    between = (6.0 + wide.norm_z_limit) / 2  # past 6, inside the widened limit
+    value = directions[7] * (wide.norm_mean + between * wide.norm_std)
+    assert "value-norm-outlier" not in wide.screen(value, value).flags
+    assert "value-norm-outlier" in wide.screen(value, value * 10).flags
+    same_z = directions[7] * (narrow.norm_mean + between * narrow.norm_std)
+    assert "value-norm-outlier" in narrow.screen(same_z, same_z).flags
