@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from baldr_ops.errors import UserError
-from baldr_ops.memory.config import LayerSettings
+from baldr_ops.memory.config import LayerSettings, default_layer
 from baldr_ops.memory.derive import key_states as derive_keys
+from baldr_ops.memory.domains import DOMAINS
 from baldr_ops.memory.derive import pooled
 from baldr_ops.memory.identity import identity_of
 from baldr_ops.memory.keys import ephemeral_key
@@ -102,6 +103,19 @@ def test_rederivation_matches_and_catches_a_substituted_vector(store_copy, smoll
     runtime = MemoryRuntime.load(store_copy, smollm2, [LayerSettings(layer=13)], rederive_records=True)
     assert forged_id not in runtime.memories[13].record_ids and runtime.memories[13].size == 16
     assert any(e.what == forged_id and "re-derivation" in e.reason for e in runtime.excluded)
+
+
+def test_clean_memories_pass_the_screens_at_the_default_layer(smollm2, tmp_path):
+    """At the layer `memory add` uses without --layer (27 of 30), where clean values' norms spread
+    wider than at 13, clean memories are written unflagged: every built-in one (the README's example)
+    and at least 95 % of the held-out ones."""
+    layer, _ = default_layer(smollm2.n_layers, env={})
+    store = MemoryStore.create(tmp_path / "store", identity_of(smollm2), ephemeral_key())
+    builtin = [m for d in DOMAINS for m in d.memories]
+    added = add_texts(store, smollm2, builtin + CLEAN, [layer], keep_flagged=True)
+    assert {a.layer for a in added} == {27} and len(added) == len(builtin) + len(CLEAN)
+    assert not [a.text for a in added[:len(builtin)] if a.flags]
+    assert np.mean([not a.flags for a in added[len(builtin):]]) >= 0.95, [(a.text, a.flags) for a in added if a.flags]
 
 
 @pytest.mark.parametrize("keys", ["local", "deep"])
