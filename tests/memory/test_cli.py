@@ -45,8 +45,9 @@ def test_memory_commands_end_to_end(tmp_path, capsys, demo_model, monkeypatch):
     common = ["--store", store, "--key-file", key]
     code, out, _ = _run(capsys, "memory", "keygen", "--key-file", key, "--json")
     assert code == 0 and json.loads(out)["key_id"]
-    code, _, err = _run(capsys, "memory", "add", *common, "Some text.")
-    assert code == 2 and "failed the write-time screens" in err  # one token pooled: an outlier
+    # Two tokens pooled at layer 13: an outlier there (near the top, at the default 27, it is not).
+    code, _, err = _run(capsys, "memory", "add", *common, "--layer", "13", "Some text.")
+    assert code == 2 and "failed the write-time screens" in err
     memories = tmp_path / "memories.txt"
     memories.write_text("The central bank raised interest rates to slow inflation, and bond yields rose.\n\n"
                         "A diversified portfolio spreads money across stocks, bonds and cash.\n")
@@ -83,12 +84,12 @@ def test_memory_commands_end_to_end(tmp_path, capsys, demo_model, monkeypatch):
     assert code == 0 and "OK" in out
     # Corrupt the second record: verify says so (exit 1); list still works and shows the first,
     # quarantined (its approval comes after the break).
-    log = tmp_path / "store" / "layer-013.jsonl"
+    log = tmp_path / "store" / "layer-027.jsonl"
     lines = log.read_text().split("\n")
     lines[2] = lines[2][:-20] + "x" * 20
     log.write_text("\n".join(lines))
     code, out, _ = _run(capsys, "memory", "verify", *common)
-    assert code == 1 and "layer-013.jsonl:3" in out and "LOG DAMAGED" in out
+    assert code == 1 and "layer-027.jsonl:3" in out and "LOG DAMAGED" in out
     code, out, _ = _run(capsys, "memory", "list", *common)
     assert code == 0 and "1 record(s); 4 bad line(s)" in out and "quarantined" in out
     # A wrong key is one clear line.
@@ -111,7 +112,7 @@ def test_a_failed_add_leaves_no_file_behind(tmp_path, capsys, demo_model, monkey
     _run(capsys, "memory", "keygen", "--key-file", key)
     bad = [(["--layer", "99", "A sentence about the weather today."], "out of range"),
            (["--origin", "model", "A sentence about the weather today."], "never written"),
-           (["Some text."], "failed the write-time screens")]
+           (["--layer", "13", "Some text."], "failed the write-time screens")]
     for argv, message in bad:
         code, _, err = _run(capsys, "memory", "add", *common, *argv)
         assert code == 2 and message in err, err
