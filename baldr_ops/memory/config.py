@@ -18,7 +18,7 @@ from baldr_ops.errors import UserError
 # The nudged layer when no SAE layer profile is given: 90 % depth (27 of 30 on SmolLM2). On the
 # development domain sets a domain's mean value moves its vocabulary more selectively there than at the
 # CAA-style middle (45 %, the default until issue 15's value study) or any layer between (docs/memory.md,
-# "Values"); the last layer itself would be a bare output bias that no later layer reads.
+# "Where the nudge goes"); the last layer itself would be a bare output bias that no later layer reads.
 DEFAULT_DEPTH = 0.9
 PROFILE_ENV = "BALDR_SAE_PROFILE"
 # Keys a saved SAE layer profile may name its recommended layer under (first found wins).
