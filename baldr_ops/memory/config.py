@@ -17,7 +17,7 @@ from baldr_ops.errors import UserError
 
 # The nudged layer when no SAE layer profile is given: 90 % depth (27 of 30 on SmolLM2). On the
 # development domain sets a domain's mean value moves its vocabulary more selectively there than at the
-# CAA-style middle (45 %, the default until issue 15's value study) or any layer between (docs/memory.md,
+# CAA-style middle (45 %, the default until issue 15's value study) or layers 9, 17, 21, 25 (docs/memory.md,
 # "Where the nudge goes"); the last layer itself would be a bare output bias that no later layer reads.
 DEFAULT_DEPTH = 0.9
 PROFILE_ENV = "BALDR_SAE_PROFILE"
@@ -73,6 +73,8 @@ class ScreenSettings(BaseModel):
     # |z| up to 5.3 in 8 folds, against 2.4 at layer 13, where the limit stays 6), and 6 of 356 clean
     # memories of the domain sets passed z 6 there (at most 6.8), none the calibrated 8.0; any of them
     # scaled up tenfold reaches z 60 or more.
+    # The widening stops at twice norm_z_max, so a reference with a stray long row (or too few rows
+    # for a spread) cannot switch the screen off.
     norm_z_max: float = Field(6.0, gt=0)
     norm_z_factor: float = Field(1.5, gt=0)
     # The Mahalanobis limit is this factor times the largest distance a held-out clean reference

@@ -22,7 +22,7 @@ by construction):
   relevance ignored): own-domain shift > mean other-domain shift, over all (query, domain) pairs
   ("total") and over the pairs whose query belongs to the domain ("own-domain");
 * specificity: the same with norm-matched random directions; their own-domain shift's interval
-  should not lie above 0 and their mean be a small fraction of the memories' (in size, either way);
+  should include 0 and their mean be a small fraction of the memories';
 * dose-response: shifts, selectivity, KL and neutral-text perplexity over strength {0, 0.5, 1, 2, 4};
 * the system as it runs (default settings): its shifts where it recalled, its KL on neutral queries
   and its perplexity on neutral text, with all domains in one memory;
@@ -86,8 +86,9 @@ class EvalSettings(BaseModel):
     layer: int | None = None
     key_rule: KeyRule = Field(default_factory=KeyRule)
     # Fixed strength 2: the domain's mean value twice, a median 0.54 of a token's residual norm at
-    # SmolLM2's default layer 27 (0.37 at layer 13, the default before issue 15's value study), so
-    # the default clip (0.5) caps it on most tokens: the strongest nudge the system allows.
+    # SmolLM2's default layer 27 over the development sets' queries (0.37 at layer 13, the default
+    # before issue 15's value study), so the default clip (0.5) caps it on most tokens (on the
+    # built-in set on every one: strength 4 gives exactly what 2 gives): the strongest nudge allowed.
     fixed_strength: float = 2.0
     gated: LayerSettings = Field(default_factory=lambda: LayerSettings(layer=0))
     random_seeds: int = 4
@@ -511,13 +512,9 @@ def run(lm, settings: EvalSettings | None = None, domain_set: DomainSet = BUILTI
               passed=None),
         Check(name="KL after neutral queries, memory on (default settings)", value=_fmt(kl_neutral, percent=False),
               target="reported", passed=None),
-        # One-sided: a random direction must not raise a domain's words as its memories do. Near the
-        # top of the model a random nudge of the memories' size takes a little mass off every domain's
-        # words (it disturbs the prediction), which says nothing against the memories; the next check
-        # bounds the random shift's size either way.
-        Check(name="random control: own-domain shift not above 0 (95% CI)",
+        Check(name="random control: own-domain shift 95% CI includes 0",
               value=f"{random_control.mean:+.5f} [{random_control.low:+.5f}, {random_control.high:+.5f}]",
-              target="low <= 0", passed=random_control.low <= 0),
+              target="low <= 0 <= high", passed=random_control.low <= 0 <= random_control.high),
         Check(name="memories against the random control, same strength",
               value=f"memories {own_shift_fixed.mean:+.5f} [{own_shift_fixed.low:+.5f}, {own_shift_fixed.high:+.5f}], "
                     f"random {random_control.mean:+.5f} ({random_to_memory:.0%} of it)",

@@ -6,7 +6,8 @@ Measured against the layer's reference (the pooled states of the built-in refere
 * norm z-score: (||x|| - mean ||ref||) / std ||ref||, two-sided; it flags values only (a key's norm
   plays no part in recall, which compares directions; its shape is screened by the next two). Limit:
   ``norm_z_max``, or ``norm_z_factor`` times the largest cross-validated |z| of the reference's own
-  vectors where that is wider (deep layers, whose reference norms spread further);
+  vectors where that is wider (deep layers, whose reference norms spread further), at most twice
+  ``norm_z_max``;
 * Mahalanobis distance under a Ledoit-Wolf shrunk covariance of the reference (n << d, so the plain
   sample covariance is singular). Its limit is calibrated per layer: ``mahalanobis_factor`` times the
   largest distance a held-out reference vector reaches in 8-fold cross-validation;
@@ -128,8 +129,8 @@ class ReferenceScreen:
         self.whitener = _Whitener(ref)
         self.cv_distances, self.cv_span_fractions, self.cv_norm_z = self._cross_validated(ref)
         self.mahalanobis_limit = float(self.settings.mahalanobis_factor * self.cv_distances.max())
-        self.norm_z_limit = float(max(self.settings.norm_z_max,
-                                      self.settings.norm_z_factor * np.abs(self.cv_norm_z).max()))
+        widened = self.settings.norm_z_factor * float(np.abs(self.cv_norm_z).max())
+        self.norm_z_limit = float(min(2 * self.settings.norm_z_max, max(self.settings.norm_z_max, widened)))
         self.span_fraction_limit = float(self.settings.span_factor * self.cv_span_fractions.min())
         self.probes = _unit(np.asarray(probes, dtype=np.float64))
 

