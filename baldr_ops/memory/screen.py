@@ -127,7 +127,7 @@ class ReferenceScreen:
         norms = np.linalg.norm(ref, axis=1)
         self.norm_mean, self.norm_std = float(norms.mean()), float(max(norms.std(), 1e-12))
         self.whitener = _Whitener(ref)
-        self.cv_distances, self.cv_span_fractions, self.cv_norm_z = self._cross_validated(ref)
+        self.cv_distances, self.cv_span_fractions, self.cv_norm_z = self._cross_validated(ref, norms)
         self.mahalanobis_limit = float(self.settings.mahalanobis_factor * self.cv_distances.max())
         widened = self.settings.norm_z_factor * float(np.abs(self.cv_norm_z).max())
         self.norm_z_limit = float(min(2 * self.settings.norm_z_max, max(self.settings.norm_z_max, widened)))
@@ -135,12 +135,11 @@ class ReferenceScreen:
         self.probes = _unit(np.asarray(probes, dtype=np.float64))
 
     @staticmethod
-    def _cross_validated(ref: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Each reference vector's Mahalanobis distance, span fraction and norm z-score, measured
-        against the reference without its fold."""
+    def _cross_validated(ref: np.ndarray, norms: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each reference vector's Mahalanobis distance, span fraction and norm z-score (``norms``:
+        the rows' norms), measured against the reference without its fold."""
         folds = np.arange(len(ref)) % CV_FOLDS
         distances, fractions, norm_z = np.empty(len(ref)), np.empty(len(ref)), np.empty(len(ref))
-        norms = np.linalg.norm(ref, axis=1)
         for fold in range(CV_FOLDS):
             held = folds == fold
             distances[held], fractions[held] = _Whitener(ref[~held]).measure(ref[held])

@@ -209,8 +209,8 @@ def test_protocol_on_the_builtin_set(smollm2, monkeypatch):
     assert report.own_shift_fixed.low > 0 and abs(report.random_control.mean) < 0.25 * report.own_shift_fixed.mean
     assert report.dose_monotone and report.dose[0].own_mean == 0 and report.dose[0].kl_mean == 0
     assert [d.strength for d in report.dose] == [0, 0.5, 1, 2, 4]
-    # The clip caps the nudge at 0.5 of each token's norm: strength 2 reaches it on most tokens and 4 on
-    # all (measured: 4 gives exactly what 2 gives), so perplexity rises with the dose and then stays.
+    # The clip caps the nudge at 0.5 of each token's norm, which strength 2 already reaches on every
+    # token of this set (measured: 4 gives exactly what 2 gives), so perplexity rises, then stays.
     ratios = [d.perplexity_ratio for d in report.dose]
     assert all(b >= a for a, b in zip(ratios, ratios[1:], strict=False)) and ratios[1] > ratios[0] and ratios[3] > ratios[2]
     g = report.gated

@@ -15,8 +15,8 @@ import pytest
 from baldr_ops.errors import UserError
 from baldr_ops.memory.config import LayerSettings, default_layer
 from baldr_ops.memory.derive import key_states as derive_keys
-from baldr_ops.memory.domains import DOMAINS
 from baldr_ops.memory.derive import pooled
+from baldr_ops.memory.domains import DOMAINS
 from baldr_ops.memory.identity import identity_of
 from baldr_ops.memory.keys import ephemeral_key
 from baldr_ops.memory.records import RecordBody
