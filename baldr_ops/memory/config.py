@@ -99,9 +99,14 @@ class ScreenSettings(BaseModel):
     max_near_duplicates: int = Field(3, ge=0)
 
 
-def _at_default_depth(n_layers: int) -> int:
-    """`DEFAULT_DEPTH` of the stack, never the last layer when there is another."""
-    return max(0, min(n_layers - 2, int(DEFAULT_DEPTH * n_layers)))
+def _at_default_depth(n_layers: int, why: str) -> tuple[int, str]:
+    """`DEFAULT_DEPTH` of the stack, never the last layer when there is another; the label says
+    when that rule, not the depth, chose the layer (short stacks)."""
+    at_depth = int(DEFAULT_DEPTH * n_layers)
+    layer = max(0, min(n_layers - 2, at_depth))
+    if layer == at_depth:
+        return layer, f"{DEFAULT_DEPTH:.0%} depth ({why})"
+    return layer, f"the last layer but one: {DEFAULT_DEPTH:.0%} depth would be the output layer ({why})"
 
 
 def default_layer(n_layers: int, weights_sha256: str | None = None, profile: str | os.PathLike | None = None,
@@ -123,7 +128,7 @@ def default_layer(n_layers: int, weights_sha256: str | None = None, profile: str
     env = os.environ if env is None else env
     path = profile or env.get(PROFILE_ENV)
     if not path:
-        return _at_default_depth(n_layers), f"{DEFAULT_DEPTH:.0%} depth (no SAE layer profile)"
+        return _at_default_depth(n_layers, "no SAE layer profile")
     path = Path(path).expanduser()
     try:
         data = json.loads(path.read_text())
@@ -153,8 +158,7 @@ def default_layer(n_layers: int, weights_sha256: str | None = None, profile: str
             if not 0 <= layer < n_layers:
                 raise UserError(f"the SAE layer profile {path} names layer {layer}, outside 0..{n_layers - 1}")
             return layer, f"SAE layer profile {path} (integration depth)"
-        return (_at_default_depth(n_layers),
-                f"{DEFAULT_DEPTH:.0%} depth (the SAE layer profile {path} found no interior integration zone)")
+        return _at_default_depth(n_layers, f"the SAE layer profile {path} found no interior integration zone")
     for block in (data, data.get("profile", {})):
         if not isinstance(block, dict):
             continue

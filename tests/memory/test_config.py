@@ -15,7 +15,9 @@ pytestmark = pytest.mark.research
 def test_without_a_profile_90_percent_depth():
     assert default_layer(30, env={}) == (27, "90% depth (no SAE layer profile)")
     assert default_layer(1, env={})[0] == 0
-    assert default_layer(4, env={})[0] == 2  # 90 % would be the last layer, a bare output bias
+    layer, source = default_layer(4, env={})
+    assert layer == 2  # 90 % would be the last layer, a bare output bias
+    assert "90% depth (" not in source and "last layer but one" in source  # the label names the clamp
 
 
 def test_profile_file_and_env(tmp_path):
