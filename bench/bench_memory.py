@@ -1,6 +1,7 @@
 """Activation memory overhead on the demo model (SmolLM2-135M-Instruct, CPU), in one run:
 greedy generation tokens/s with memory off, on (10 k records at one layer, "prompt" query: one
-recall per generation, the default topic keys at layer 28, whitened: the session's clean pass reads
+recall per generation, at the default layer for a store without a profile (27 of 30: 90 % depth),
+the default topic keys at layer 28, whitened: the session's clean pass reads
 the prompt's topic state there) and on with the "running" query (a recall at every step; its store
 keys records by their mean state at the nudged layer, which the running query needs),
 alternated, medians; the ratio against off (target: at most 10 % slower); recall latency per call at
@@ -25,12 +26,11 @@ import time
 ROUNDS = 7
 NEW_TOKENS = 48
 ENTRIES = 10_000
-LAYER = 13
 PROMPT = "When interest rates go up, investors usually"
 TARGET = 1.10
 
 
-def _build_store(lm, directory, key_rule=None):
+def _build_store(lm, directory, layer, key_rule=None):
     import numpy as np
 
     from baldr_ops.memory.domains import DOMAINS
@@ -44,9 +44,9 @@ def _build_store(lm, directory, key_rule=None):
     ident = identity_of(lm)
     store = MemoryStore.create(directory, ident, ephemeral_key())
     for domain in DOMAINS:
-        for added in add_texts(store, lm, domain.memories, [LAYER], label=domain.name, key_rule=key_rule):
+        for added in add_texts(store, lm, domain.memories, [layer], label=domain.name, key_rule=key_rule):
             store.decide(added.id, "approve")
-    state = store.read_layer(LAYER)
+    state = store.read_layer(layer)
     reference = state.reference
     _, values_ref, _ = reference.arrays()
     _, keys_ref, _ = reference.key_arrays()
@@ -64,21 +64,21 @@ def _build_store(lm, directory, key_rule=None):
     batch = []
     for i in range(n):
         text = f"synthetic memory {i}"
-        batch.append(("record", RecordBody(layer=LAYER, label="synthetic", source_text=text,
+        batch.append(("record", RecordBody(layer=layer, label="synthetic", source_text=text,
                                            source_sha256=sha256_text(text), origin="operator", created_at=now(),
                                            model=ident, reference_id=state.reference_id, d_model=keys.shape[1],
                                            key=encode_array(keys[i]), value=encode_array(values[i]),
                                            null_mean=float(null_mean[i]), null_std=float(null_std[i]))))
     ids = []
     for start in range(0, len(batch), 1000):
-        ids += store.append(LAYER, batch[start:start + 1000])
+        ids += store.append(layer, batch[start:start + 1000])
     decisions = [("decision", DecisionBody(record_id=rid, decision="approve", decided_at=now())) for rid in ids]
     for start in range(0, len(decisions), 2000):
-        store.append(LAYER, decisions[start:start + 2000])
+        store.append(layer, decisions[start:start + 2000])
     return store
 
 
-def _hook_cost(lm, runtime, inputs, steps: int = 200) -> float:
+def _hook_cost(lm, runtime, inputs, layer, steps: int = 200) -> float:
     """Median microseconds the layer's hook takes for one cached generation step (one new token)."""
     import torch
 
@@ -86,14 +86,14 @@ def _hook_cost(lm, runtime, inputs, steps: int = 200) -> float:
     from baldr_ops.research.hooks import HookCall
 
     session = NudgeSession(lm, runtime.memories, inputs)
-    hook = session.hooks[LAYER]
+    hook = session.hooks[layer]
     n = inputs["input_ids"].shape[1]
-    hook(torch.randn(1, n, lm.d_model) * 5, HookCall(LAYER, torch.arange(n)[None]))  # the prefill
+    hook(torch.randn(1, n, lm.d_model) * 5, HookCall(layer, torch.arange(n)[None]))  # the prefill
     times = []
     for step in range(steps):
         hidden = torch.randn(1, 1, lm.d_model) * 5
         t0 = time.perf_counter()
-        hook(hidden, HookCall(LAYER, torch.tensor([[n + step]])))
+        hook(hidden, HookCall(layer, torch.tensor([[n + step]])))
         times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1e6
 
@@ -102,26 +102,27 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(int(os.environ.get("BALDR_BENCH_THREADS", "1")))
-    from baldr_ops.memory.config import LayerSettings
+    from baldr_ops.memory.config import LayerSettings, default_layer
     from baldr_ops.memory.keyspace import KeyRule
     from baldr_ops.memory.runtime import MemoryRuntime
     from baldr_ops.research.models import load_model
 
     lm = load_model("demo")
+    layer, _ = default_layer(lm.n_layers, env={})  # what `memory add` picks without --layer or a profile
     inputs = lm.tokenize(PROMPT)
     kwargs = dict(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False, use_cache=True,
                   pad_token_id=lm.tokenizer.pad_token_id)
     with tempfile.TemporaryDirectory(prefix="baldr-bench-memory-") as tmp:
-        print(f"building two {ENTRIES}-record stores at layer {LAYER} ...", file=sys.stderr, flush=True)
-        stores = {"prompt": _build_store(lm, f"{tmp}/store"),
-                  "running": _build_store(lm, f"{tmp}/local", KeyRule(layer=LAYER, pooling="mean"))}
+        print(f"building two {ENTRIES}-record stores at layer {layer} ...", file=sys.stderr, flush=True)
+        stores = {"prompt": _build_store(lm, f"{tmp}/store", layer),
+                  "running": _build_store(lm, f"{tmp}/local", layer, KeyRule(layer=layer, pooling="mean"))}
         size = sum(p.stat().st_size for p in stores["prompt"].directory.iterdir())
         start = time.perf_counter()
-        runtimes = {q: MemoryRuntime.load(stores[q], lm, [LayerSettings(layer=LAYER, query=q)])
+        runtimes = {q: MemoryRuntime.load(stores[q], lm, [LayerSettings(layer=layer, query=q)])
                     for q in ("prompt", "running")}
         load_s = (time.perf_counter() - start) / 2
-        assert runtimes["prompt"].memories[LAYER].size == ENTRIES, runtimes["prompt"].memories[LAYER].size
-        key_layer = runtimes["prompt"].memories[LAYER].key_layer
+        assert runtimes["prompt"].memories[layer].size == ENTRIES, runtimes["prompt"].memories[layer].size
+        key_layer = runtimes["prompt"].memories[layer].key_layer
 
         def generate(mode):
             t0 = time.perf_counter()
@@ -146,7 +147,7 @@ def main() -> int:
             for mode in rates:
                 rates[mode].append(generate(mode)[0])
 
-        memory = runtimes["prompt"].memories[LAYER]
+        memory = runtimes["prompt"].memories[layer]
         query = torch.randn(1, lm.d_model) * 40 + memory.centre
         for _ in range(5):
             memory.recall(query)
@@ -157,10 +158,10 @@ def main() -> int:
             times.append(time.perf_counter() - t0)
         recall_ms = statistics.median(times) * 1e3
 
-        hook_us = {mode: _hook_cost(lm, runtimes[mode], inputs) for mode in ("prompt", "running")}
+        hook_us = {mode: _hook_cost(lm, runtimes[mode], inputs, layer) for mode in ("prompt", "running")}
 
     medians = {mode: statistics.median(v) for mode, v in rates.items()}
-    print(f"demo model, layer {LAYER} (prompt query: topic keys at layer {key_layer}), {ENTRIES} records, {NEW_TOKENS} new "
+    print(f"demo model, layer {layer} (prompt query: topic keys at layer {key_layer}), {ENTRIES} records, {NEW_TOKENS} new "
           f"tokens, {ROUNDS} rounds alternating, {torch.get_num_threads()} torch thread(s)")
     print(f"store: {size / 2**20:.1f} MiB on disk, load + verify {load_s:.2f} s")
     for mode, label in (("off", "memory off"), ("prompt", "memory on, prompt query (1 recall)"),
