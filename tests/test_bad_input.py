@@ -94,6 +94,7 @@ CASES = [
     ("canary-expect-regex", ["launch", "--canary-expect", "(Paris"], 2, r"not a regular expression", None),
     ("canary-every-word", ["launch", "--canary-every", "soon"], 2, r"--canary-every 'soon' is not a duration", None),
     ("canary-every-zero", ["launch", "--canary-every", "0"], 2, r"--canary-every '0' is out of range", None),
+    ("canary-every-zero-seconds", ["launch", "--canary-every", "0s"], 2, r"--canary-every '0s' is out of range", None),
     ("canary-prompt-empty", ["launch", "--canary-prompt", ""], 2, r"--canary-prompt", None),
     ("canary-file-missing", ["launch", "--canary-file", "{in}/none.json"], 2, r"cannot read canary file", None),
     ("canary-file-is-dir", ["launch", "--canary-file", "{in}"], 2, r"cannot read canary file", None),

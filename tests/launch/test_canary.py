@@ -184,21 +184,8 @@ def test_metrics_parse_with_the_official_parser(tmp_path):
     assert guard.labels == {"port": str(state.port), "served_name": "fake", "mode": "off"} and guard.value == 1
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--canary-file", "/nonexistent/canaries.json"], "cannot read canary file"),
-    (["--canary-expect", "(Paris"], "--canary-expect: '(Paris' is not a regular expression"),
-    (["--canary-every", "soon"], "--canary-every 'soon' is not a duration"),
-    (["--canary-every", "0s"], "--canary-every '0s' is out of range"),
-    (["--canary-prompt", ""], "--canary-prompt:"),
-])
-def test_bad_canary_options_stop_at_the_door(capsys, tmp_path, monkeypatch, argv, message):
-    from baldr_ops.cli import main
-
-    monkeypatch.setenv("BALDR_RUN_DIR", str(tmp_path / "runs"))
-    code = main(["launch", "--model", str(tmp_path / "absent"), *argv])
-    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("[")]
-    assert code == 2 and message in err[0] and "Traceback" not in "\n".join(err), err
-    assert len(err) <= 2 and not (tmp_path / "runs").exists()       # nothing started
+# Bad canary options (missing file, bad regex, bad or zero interval, empty prompt) are rows of the
+# bad-input table (tests/test_bad_input.py), which also checks that nothing started or was written.
 
 
 def test_canary_file_errors_name_the_entry(tmp_path, capsys, monkeypatch):
