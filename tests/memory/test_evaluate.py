@@ -222,22 +222,3 @@ def test_protocol_on_the_builtin_set(smollm2, monkeypatch):
     gated_ranked, fixed_ranked = ranked
     assert np.array_equal(np.array(fixed_ranked), margin)
     assert np.array_equal(np.array(gated_ranked), margin[margin > 0]) and len(gated_ranked) == g.recalled_pairs
-
-
-@pytest.mark.slow
-def test_eval_on_an_operators_domain_file(demo_model, tmp_path, capsys):
-    """`memory eval --domains FILE` runs the protocol on the file's domains and exits 1 exactly when a
-    target is missed."""
-    small = {"domains": [
-        {"name": name, "memories": [d.memories[0], d.memories[1]], "heldout": list(d.heldout[:8]),
-         "queries": [{"text": q.text, "kind": q.kind} for q in BUILTIN.queries if q.domain == name][:2]}
-        for name, d in ((d.name, d) for d in BUILTIN.domains[:2])],
-        "neutral_queries": ["The key to success is"], "neutral_text": [BUILTIN.neutral_text[0]]}
-    path = tmp_path / "small.json"
-    path.write_text(json.dumps(small))
-    code = main(["memory", "eval", "--domains", str(path), "--seeds", "1", "--json"])
-    report = json.loads(capsys.readouterr().out)
-    assert report["domain_set"] == "small" and report["domains"] == ["cooking", "astronomy"]
-    assert report["memories"] == 4 and report["queries"] == 5
-    missed = [c["name"] for c in report["checks"] if c["passed"] is False]
-    assert code == (1 if missed else 0)
