@@ -24,6 +24,7 @@ import json
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -96,26 +97,36 @@ def row_of(name: str, exit_code: int, seconds: float, report: dict | None, error
 
 def evaluate_set(spec: str, passthrough: list[str]) -> tuple[SetRow, dict | None]:
     """One `memory eval --json` process on one set: its row, and its report when it printed one
-    (exit 0: every check met; 1: a check missed; anything else: it did not evaluate)."""
+    (exit 0: every check met; 1: a check missed; anything else: it did not evaluate). Its progress
+    lines pass through to stderr as they come, under the set's name; its report goes to a temporary
+    file (a pipe left unread while stderr is read could fill and stall it)."""
     command = [sys.executable, "-m", "baldr_ops", "memory", "eval", "--json", *passthrough]
     if spec != BUILTIN:
         command += ["--domains", spec]
+    name = set_name(spec)
     start = time.monotonic()
-    proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    lines = []
+    with tempfile.TemporaryFile("w+") as out:
+        with subprocess.Popen(command, stdout=out, stderr=subprocess.PIPE, text=True, cwd=ROOT) as proc:
+            for line in proc.stderr:
+                if line.strip():
+                    lines.append(line.strip())
+                    print(f"  {name}: {line.strip()}", file=sys.stderr, flush=True)
+        out.seek(0)
+        printed = out.read()
     seconds = time.monotonic() - start
     report = None
     if proc.returncode in (0, 1):
         try:
-            report = json.loads(proc.stdout)
+            report = json.loads(printed)
         except ValueError:
             report = None
     if report is None:
         # baldr-ops says what went wrong on a line with "error:" (a hint may follow); a crash, last.
-        lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
         said = [line for line in lines if "error:" in line] or lines[-1:]
-        return row_of(set_name(spec), proc.returncode, seconds, None,
+        return row_of(name, proc.returncode, seconds, None,
                       said[0] if said else f"exit {proc.returncode}, nothing on stderr"), None
-    return row_of(set_name(spec), proc.returncode, seconds, report), report
+    return row_of(name, proc.returncode, seconds, report), report
 
 
 def _pct(x: float | None) -> str:
