@@ -108,7 +108,7 @@ def register(subparsers) -> None:
     s.add_argument("--file", metavar="FILE", help="read memory texts from FILE, one per non-empty line ('-': stdin)")
     s.add_argument("--layer", type=int, action="append", metavar="L",
                    help="decoder layer to capture at (repeatable; default: the SAE layer profile's layer if "
-                        "--profile or $BALDR_SAE_PROFILE names one, else 90%% depth)")
+                        "--profile or $BALDR_SAE_PROFILE names one, else 90%% depth, never the last layer)")
     s.add_argument("--profile", metavar="FILE", help="a saved SAE layer profile JSON to take the default layer from")
     s.add_argument("--label", help="a label stored with each record: give one subject per label (e.g. a domain "
                                    "name): records sharing a label are recalled together by their mean key, "

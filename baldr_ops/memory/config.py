@@ -71,8 +71,9 @@ class ScreenSettings(BaseModel):
     # norm_z_factor times the largest |z| a held-out reference vector reached in cross-validation where
     # the reference's own norms spread that far: near the top of SmolLM2 (layer 27) they do (held-out
     # |z| up to 5.3 in 8 folds, against 2.4 at layer 13, where the limit stays 6), and 6 of 356 clean
-    # memories of the domain sets passed z 6 there (at most 6.8), none the calibrated 8.0; any of them
-    # scaled up tenfold reaches z 60 or more.
+    # memories of the domain sets built-in and 2-13 passed z 6 there (at most 6.8), none the calibrated
+    # 8.0; any of them scaled up tenfold reaches z 60 or more. Out of sample, 1 of the 60 memories of
+    # sets 14-15 is flagged there (docs/memory.md, "Every set at the shipped defaults").
     # The widening stops at twice norm_z_max, so a reference with a stray long row (or too few rows
     # for a spread) cannot switch the screen off.
     norm_z_max: float = Field(6.0, gt=0)
